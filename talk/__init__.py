@@ -1,0 +1,1 @@
+"""The `/talk` endpoint and the `python -m talk` command."""

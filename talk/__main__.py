@@ -1,0 +1,5 @@
+import sys
+
+from talk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""`python -m talk`: answer a spoken or written question with a spoken reply, in-process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from shared.config import get_settings
+from shared.errors import BadInput, TalkError
+from shared.pipeline import TalkRequest, TalkResult, talk
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m talk",
+        description="Transcribe a question, generate a short reply, and speak it as MP3.",
+    )
+    parser.add_argument(
+        "audio_file", nargs="?", type=Path, help="recorded question (any phone format)"
+    )
+    parser.add_argument("--text", help="ask in writing instead of with audio")
+    parser.add_argument("--voice", help="voice persona (Kim, Milla, John, Lily) or voice id")
+    parser.add_argument("--language", help="language of the speech, e.g. en or fi")
+    parser.add_argument(
+        "--out", type=Path, default=Path("reply.mp3"), help="where to write the MP3"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each stage at LOG_LEVEL on stderr"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = get_settings()
+        logging.basicConfig(
+            level=settings.log_level.upper() if args.verbose else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        result = talk(_request(args), settings)
+        args.out.write_bytes(result.mp3)
+    except BadInput as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (TalkError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(_as_json(result) if args.json else _as_text(result, args.out))
+    return EXIT_OK
+
+
+def _request(args: argparse.Namespace) -> TalkRequest:
+    audio = None
+    if args.audio_file is not None:
+        try:
+            audio = args.audio_file.read_bytes()
+        except OSError as error:
+            raise BadInput(f"cannot read {args.audio_file}: {error.strerror}") from None
+    return TalkRequest(audio=audio, text=args.text, voice=args.voice, language=args.language)
+
+
+def _as_json(result: TalkResult) -> str:
+    return json.dumps(
+        {
+            "request_id": result.request_id,
+            "transcript": result.transcript,
+            "text": result.text,
+            "language": result.language,
+            "audio_bytes": len(result.mp3),
+            "audio_format": "mp3",
+            "timings_ms": result.timings_ms,
+            "providers": result.providers,
+        },
+        ensure_ascii=False,
+    )
+
+
+def _as_text(result: TalkResult, out: Path) -> str:
+    timings = "  ".join(f"{stage} {ms} ms" for stage, ms in result.timings_ms.items())
+    lines = [
+        f"You said:  {result.transcript}" if result.transcript is not None else None,
+        f"Reply:     {result.text}",
+        f"Timings:   {timings}",
+        f"Wrote {out} ({len(result.mp3)} bytes of MP3)",
+    ]
+    return "\n".join(line for line in lines if line is not None)

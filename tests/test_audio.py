@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import io
+import os
+
+import av
+import numpy as np
+import pytest
+
+from shared.audio import SAMPLE_RATE, decode_audio
+from shared.errors import (
+    AudioTooLarge,
+    AudioTooLong,
+    EmptyAudio,
+    TalkError,
+    TruncatedAudio,
+    UndecodableAudio,
+)
+from tests.conftest import QUESTIONS, phone_upload, spoken
+from tools.phone_audio import PHONE_FORMATS, encode
+
+LIMITS = {"max_bytes": 10_000_000, "max_seconds": 120.0}
+
+
+@pytest.mark.parametrize("extension", PHONE_FORMATS)
+def test_every_phone_format_decodes_to_16k_mono_float32(extension: str) -> None:
+    pcm, rate = spoken(QUESTIONS[0])
+    decoded = decode_audio(phone_upload(QUESTIONS[0], extension), **LIMITS)
+    assert decoded.samples.dtype == np.float32
+    assert decoded.samples.ndim == 1
+    # Codec priming and padding add a little; the length must otherwise match.
+    assert decoded.duration_s == pytest.approx(len(pcm) / rate, abs=0.15)
+    # Scaled as float audio (lossy codecs may overshoot full scale a little), not int16.
+    assert 0.05 < float(np.abs(decoded.samples).max()) < 1.5
+
+
+def test_rate_and_channels_are_normalised() -> None:
+    t = np.arange(44_100) / 44_100
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    decoded = decode_audio(encode(tone, 44_100, "wav"), **LIMITS)
+    assert len(decoded.samples) == pytest.approx(SAMPLE_RATE, abs=20)
+    spectrum = np.abs(np.fft.rfft(decoded.samples))
+    assert np.argmax(spectrum) * SAMPLE_RATE / len(decoded.samples) == pytest.approx(440, abs=2)
+
+
+def _zero_frame_wav() -> bytes:
+    output = io.BytesIO()
+    with av.open(output, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=16_000, layout="mono")
+        container.start_encoding()
+        container.mux(stream.encode(None))
+    return output.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "says"),
+    [
+        pytest.param(b"", EmptyAudio, "empty", id="empty-bytes"),
+        pytest.param(os.urandom(4096), UndecodableAudio, "not audio", id="random-bytes"),
+        pytest.param(
+            b"This is not an MP3 file, just text.\n" * 40, UndecodableAudio, "not audio", id="text"
+        ),
+        pytest.param(_zero_frame_wav(), EmptyAudio, "no samples", id="zero-frames"),
+    ],
+)
+def test_bad_input_raises_the_typed_error(data: bytes, error: type[TalkError], says: str) -> None:
+    with pytest.raises(error, match=says):
+        decode_audio(data, **LIMITS)
+
+
+@pytest.mark.parametrize("extension", PHONE_FORMATS)
+def test_truncated_upload_is_reported_as_truncated(extension: str) -> None:
+    data = phone_upload(QUESTIONS[0], extension)
+    with pytest.raises(TruncatedAudio, match=r"truncated|damaged"):
+        decode_audio(data[: len(data) // 2], **LIMITS)
+
+
+def test_over_the_byte_limit_is_refused_before_decoding() -> None:
+    data = phone_upload(QUESTIONS[0], "m4a")
+    with pytest.raises(AudioTooLarge, match=f"limit is {len(data) - 1} bytes"):
+        decode_audio(data, max_bytes=len(data) - 1, max_seconds=120)
+
+
+@pytest.mark.parametrize("extension", ["m4a", "wav", "ogg"])
+def test_over_the_duration_limit_is_refused(extension: str) -> None:
+    with pytest.raises(AudioTooLong, match="limit"):
+        decode_audio(phone_upload(QUESTIONS[0], extension), max_bytes=10_000_000, max_seconds=1.0)
+
+
+def test_a_header_that_hides_the_length_is_stopped_while_decoding() -> None:
+    # A streaming WAV declares no length: the limit must hold on the samples themselves.
+    data = bytearray(phone_upload(QUESTIONS[0], "wav"))
+    data[4:8] = (0xFFFFFFFF).to_bytes(4, "little")
+    chunk = data.find(b"data")
+    data[chunk + 4 : chunk + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    with pytest.raises(AudioTooLong):
+        decode_audio(bytes(data), max_bytes=10_000_000, max_seconds=1.0)

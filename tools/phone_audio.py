@@ -1,0 +1,73 @@
+"""Encode PCM into the containers phones upload, for samples, tests and benchmarks.
+
+Each format mirrors a real recorder: Android's MediaRecorder (MPEG-4/AAC at 16 kHz,
+3GP/AMR-NB at 8 kHz), browsers and messaging apps (Ogg and WebM Opus), and files people
+pick from storage (MP3, FLAC, WAV at CD rate in stereo).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from shared.tts.piper import PiperSynthesizer, load_piper
+
+
+@dataclass(frozen=True)
+class PhoneFormat:
+    extension: str
+    container: str
+    codec: str
+    rate: int
+    channels: int
+    content_type: str
+    bit_rate: int | None = None
+
+
+PHONE_FORMATS: dict[str, PhoneFormat] = {
+    f.extension: f
+    for f in (
+        PhoneFormat("m4a", "mp4", "aac", 16_000, 1, "audio/mp4", 96_000),
+        PhoneFormat("3gp", "3gp", "libopencore_amrnb", 8_000, 1, "audio/3gpp", 12_200),
+        PhoneFormat("ogg", "ogg", "libopus", 48_000, 1, "audio/ogg", 24_000),
+        PhoneFormat("webm", "webm", "libopus", 48_000, 1, "audio/webm", 24_000),
+        PhoneFormat("mp3", "mp3", "libmp3lame", 22_050, 1, "audio/mpeg", 64_000),
+        PhoneFormat("flac", "flac", "flac", 44_100, 2, "audio/flac"),
+        PhoneFormat("wav", "wav", "pcm_s16le", 44_100, 2, "audio/wav"),
+    )
+}
+
+
+def encode(pcm: np.ndarray, rate: int, extension: str) -> bytes:
+    """Encode mono int16 `pcm` sampled at `rate` as a phone upload of type `extension`."""
+    fmt = PHONE_FORMATS[extension]
+    layout = "stereo" if fmt.channels == 2 else "mono"
+    output = io.BytesIO()
+    with av.open(output, mode="w", format=fmt.container) as container:
+        stream = container.add_stream(fmt.codec, rate=fmt.rate, layout=layout)
+        if fmt.bit_rate:
+            stream.bit_rate = fmt.bit_rate
+        resampler = av.AudioResampler(
+            format=stream.codec_context.format.name, layout=layout, rate=fmt.rate
+        )
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = rate
+        written = 0
+        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+            # The resampler stamps only some frames; stamp all, or the muxer sees time jump.
+            converted.pts = written
+            written += converted.samples
+            container.mux(stream.encode(converted))
+        container.mux(stream.encode(None))
+    return output.getvalue()
+
+
+def speak(text: str) -> tuple[np.ndarray, int]:
+    """`text` spoken by the embedded voice: mono int16 samples and their rate."""
+    piper = PiperSynthesizer(load_piper(""), bitrate_kbps=48)
+    return np.frombuffer(piper.synthesize_pcm(text), dtype=np.int16), piper.sample_rate
