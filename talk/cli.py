@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from shared.config import get_settings
+import dotenv
+
+from shared.config import Settings, get_settings
 from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
+from shared.providers import default_secrets, log_active_providers, required_secrets
+from shared.secrets import SecretStore, redact
+
+log = logging.getLogger("talk")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -45,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-        result = talk(_request(args), settings)
+        redact.install()
+        secrets = default_secrets(settings)
+        _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
+        log_active_providers(settings, secrets)
+        result = talk(_request(args), settings, secrets)
         args.out.write_bytes(result.mp3)
     except BadInput as error:
         print(f"error: {error.message}", file=sys.stderr)
@@ -55,6 +67,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     print(_as_json(result) if args.json else _as_text(result, args.out))
     return EXIT_OK
+
+
+def _ask_for_missing_secrets(settings: Settings, secrets: SecretStore, interactive: bool) -> None:
+    """Prompt for keys that an explicitly chosen provider needs, as the operations guide says."""
+    for name, provider in required_secrets(settings).items():
+        if secrets.get(name):
+            continue
+        if not interactive:
+            log.warning("%s is not set: the %s provider cannot be used", name, provider)
+            continue
+        value = getpass.getpass(f"{name} (for {provider}, input hidden): ").strip()
+        if not value:
+            continue
+        os.environ[name] = value
+        secrets.clear()
+        if input("Save it to .env for next time? [y/N] ").strip().lower() in ("y", "yes"):
+            dotenv.set_key(Path(".env"), name, value)
+            print("Saved to .env (keep that file out of version control).", file=sys.stderr)
 
 
 def _request(args: argparse.Namespace) -> TalkRequest:

@@ -8,6 +8,7 @@ import pytest
 
 from shared.config import Settings, local_values, settings_docs
 from shared.errors import ConfigError
+from shared.secrets import SECRET_DOCS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +71,8 @@ def _readme_settings() -> dict[str, str]:
 def test_readme_documents_every_setting_with_its_default() -> None:
     documented = _readme_settings()
     docs = settings_docs()
-    assert set(documented) == set(docs)
+    assert set(documented) == set(docs) | set(SECRET_DOCS)
+    assert all(documented[name] == "(secret)" for name in SECRET_DOCS)
     for name, (default, _) in docs.items():
         if name == "SYSTEM_PROMPT":
             assert documented[name].startswith("a warm")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.config import Settings
+
+if TYPE_CHECKING:
+    from shared.secrets import SecretStore
 
 
 class SpeechSynthesizer(Protocol):
@@ -15,7 +18,31 @@ class SpeechSynthesizer(Protocol):
         ...
 
 
-def get_synthesizer(settings: Settings) -> SpeechSynthesizer:
+def embedded_synthesizer(settings: Settings) -> SpeechSynthesizer:
     from shared.tts.piper import PiperSynthesizer, load_piper
 
     return PiperSynthesizer(load_piper(settings.piper_voice_path), settings.mp3_bitrate_kbps)
+
+
+def get_synthesizer(settings: Settings, secrets: SecretStore) -> SpeechSynthesizer:
+    from shared.http import RetryPolicy
+    from shared.providers import SecretHeader, provider_http, tts_provider
+
+    if tts_provider(settings, secrets) == "piper":
+        return embedded_synthesizer(settings)
+
+    from shared.tts.elevenlabs import ElevenLabsSynthesizer
+
+    auth = SecretHeader(secrets, "ELEVENLABS_API_KEY", "xi-api-key", "", True, "elevenlabs")
+    http = provider_http(
+        "elevenlabs", settings.elevenlabs_base_url, auth, RetryPolicy.from_settings(settings)
+    )
+    return ElevenLabsSynthesizer(
+        http,
+        model=settings.elevenlabs_model,
+        output_format=settings.elevenlabs_output_format,
+        default_voice_id=settings.voice_id,
+        voices=settings.voice_map(),
+        stability=settings.elevenlabs_stability,
+        similarity_boost=settings.elevenlabs_similarity_boost,
+    )

@@ -1,0 +1,37 @@
+"""Chat completions over the OpenAI-compatible API: Hugging Face's router, Azure OpenAI,
+vLLM, Ollama or a llama.cpp server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import ProviderError
+from shared.http import ProviderHttp
+from shared.llm import ChatMessage
+
+
+class OpenAIChatGenerator:
+    def __init__(self, http: ProviderHttp, model: str) -> None:
+        self.name = http.provider
+        self._http = http
+        self._model = model
+
+    def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
+        response = self._http.post_json(
+            "chat/completions",
+            {
+                "model": self._model,
+                "messages": list(messages),
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "stream": False,
+            },
+        )
+        try:
+            body: Any = response.json()
+            content = body["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ProviderError(self.name, "the answer has no chat completion in it") from None
+        if not isinstance(content, str):
+            raise ProviderError(self.name, "the chat completion has no text")
+        return content

@@ -1,0 +1,293 @@
+"""Loopback servers that speak the providers' real wire formats, for tests.
+
+Each records every request (method, path, query, headers, JSON body, arrival time) and
+answers from a script of responses, then from its default.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering
+
+    @classmethod
+    def json(cls, status: int, document: Any, **headers: str) -> Reply:
+        return cls(
+            status, json.dumps(document).encode(), {"Content-Type": "application/json", **headers}
+        )
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+    at: float
+    client_port: int
+
+
+class StubServer:
+    def __init__(
+        self, default: Callable[[Recorded], Reply], *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.default = default
+        self.script: list[Reply] = []
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw
+                url = urlsplit(self.path)
+                recorded = Recorded(
+                    self.command,
+                    url.path,
+                    parse_qs(url.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    time.monotonic(),
+                    self.client_address[1],
+                )
+                with stub._lock:
+                    stub.requests.append(recorded)
+                    reply = stub.script.pop(0) if stub.script else None
+                reply = reply or stub.default(recorded)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.drop:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            # http.server dispatches to these names.
+            do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def chat_completion(content: str) -> Callable[[Recorded], Reply]:
+    def answer(request: Recorded) -> Reply:
+        model = request.body.get("model") if isinstance(request.body, dict) else None
+        return Reply.json(
+            200,
+            {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30},
+            },
+        )
+
+    return answer
+
+
+def elevenlabs_speech(mp3: bytes) -> Callable[[Recorded], Reply]:
+    def answer(request: Recorded) -> Reply:
+        return Reply(200, mp3, {"Content-Type": "audio/mpeg"})
+
+    return answer
+
+
+# --- Key Vault and managed identity -------------------------------------------------------
+
+
+@dataclass
+class Certificates:
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A CA and a leaf for 127.0.0.1 signed by it, as a real TLS server would present."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_file = directory / "ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(pem))
+    cert_file = directory / "leaf.pem"
+    cert_file.write_bytes(leaf_cert.public_bytes(pem))
+    key_file = directory / "leaf.key"
+    key_file.write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return Certificates(ca_file, context)
+
+
+def key_vault(secrets: dict[str, str], token: str) -> Callable[[Recorded], Reply]:
+    """Key Vault's secrets API: the bearer challenge, then `GET /secrets/{name}`."""
+
+    def answer(request: Recorded) -> Reply:
+        if request.headers.get("authorization") != f"Bearer {token}":
+            challenge = (
+                'Bearer authorization="https://login.microsoftonline.com/tenant-id", '
+                'resource="https://vault.azure.net"'
+            )
+            return Reply.json(
+                401,
+                {
+                    "error": {
+                        "code": "Unauthorized",
+                        "message": "AKV10000: Request is missing a Bearer token.",
+                    }
+                },
+                **{"WWW-Authenticate": challenge},
+            )
+        name = request.path.removeprefix("/secrets/").strip("/").split("/")[0]
+        if name not in secrets:
+            return Reply.json(
+                404,
+                {
+                    "error": {
+                        "code": "SecretNotFound",
+                        "message": f"A secret with (name/id) {name} was not found.",
+                    }
+                },
+            )
+        return Reply.json(
+            200,
+            {
+                "value": secrets[name],
+                "id": f"https://vault.example/secrets/{name}/0123456789abcdef",
+                "attributes": {"enabled": True, "created": 1700000000, "updated": 1700000000},
+            },
+        )
+
+    return answer
+
+
+def managed_identity(identity_header: str, token: str) -> Callable[[Recorded], Reply]:
+    """The App Service / Functions managed identity endpoint (`IDENTITY_ENDPOINT`)."""
+
+    def answer(request: Recorded) -> Reply:
+        if request.headers.get("x-identity-header") != identity_header:
+            return Reply.json(401, {"error": "bad identity header"})
+        return Reply.json(
+            200,
+            {
+                "access_token": token,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": request.query.get("resource", [""])[0],
+                "token_type": "Bearer",
+                "client_id": request.query.get("client_id", [""])[0],
+            },
+        )
+
+    return answer
