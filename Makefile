@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 AUDIO ?= samples/question.m4a
 OUT ?= reply.mp3
+# 3.35 is the last Azurite that runs on Node 20.
+AZURITE_VERSION := 3.35.0
 # A portable llama.cpp build, and pip's cache keeps the wheel for the next venv.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
@@ -18,6 +20,8 @@ $(STAMP): requirements.txt requirements-local.txt requirements-local-nodeps.txt 
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt -c constraints.txt
 	$(PIP) install --quiet --no-deps -r requirements-local-nodeps.txt -c constraints.txt
+	# Azurite: the local Azure Storage the tests (and `func start`) use.
+	npm install --silent --no-audit --no-fund --prefix .tools azurite@$(AZURITE_VERSION)
 	touch $@
 
 talk: $(STAMP)
@@ -38,4 +42,4 @@ lock: $(STAMP)
 	  $(PIP) freeze --exclude pip; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache reply.mp3
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache reply.mp3

@@ -26,8 +26,13 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-def _setting(default: Any, doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"doc": doc})
+def _setting(default: Any, doc: str, env: str = "") -> Any:
+    """A setting read from `env`, by default the field's name in upper case."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "env": env})
+
+
+def env_name(field: dataclasses.Field[Any]) -> str:
+    return field.metadata["env"] or field.name.upper()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +99,31 @@ class Settings:
     )
     azure_client_id: str = _setting("", "Client id of the user-assigned managed identity.")
     secret_ttl_seconds: float = _setting(300.0, "How long a secret is cached before re-reading.")
+    talk_container: str = _setting("talk-audio", "Blob container for uploads and replies.")
+    talk_wait_seconds: float = _setting(
+        60.0, "How long `POST /talk` waits for the reply before answering 202."
+    )
+    storage_connection: str = _setting(
+        "", "Storage connection string (Azurite locally).", env="AzureWebJobsStorage"
+    )
+    storage_blob_uri: str = _setting(
+        "",
+        "Blob endpoint for an identity-based connection.",
+        env="AzureWebJobsStorage__blobServiceUri",
+    )
+    storage_account_name: str = _setting(
+        "",
+        "Storage account for an identity-based connection.",
+        env="AzureWebJobsStorage__accountName",
+    )
+    storage_credential: str = _setting(
+        "",
+        "`managedidentity` for an identity-based connection.",
+        env="AzureWebJobsStorage__credential",
+    )
+    storage_client_id: str = _setting(
+        "", "Client id of the identity for storage.", env="AzureWebJobsStorage__clientId"
+    )
     log_level: str = _setting("INFO", "Python logging level.")
 
     @classmethod
@@ -101,7 +131,7 @@ class Settings:
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            name = field.name.upper()
+            name = env_name(field)
             raw = env.get(name)
             if raw is None:
                 continue
@@ -138,6 +168,9 @@ class Settings:
         if self.http_retries < 0:
             raise ConfigError("HTTP_RETRIES must be 0 or more")
         self.voice_map()  # raises on a malformed VOICES
+        if not 0 < self.talk_wait_seconds <= 230:
+            # Azure's load balancer cuts HTTP requests at 230 s.
+            raise ConfigError("TALK_WAIT_SECONDS must be more than 0 and at most 230")
 
     def voice_map(self) -> dict[str, str]:
         """`VOICES` as persona name (lower case) -> voice id."""
@@ -158,7 +191,7 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def settings_docs() -> dict[str, tuple[Any, str]]:
     """Environment name -> (default, description), for the README and its test."""
-    return {f.name.upper(): (f.default, f.metadata["doc"]) for f in dataclasses.fields(Settings)}
+    return {env_name(f): (f.default, f.metadata["doc"]) for f in dataclasses.fields(Settings)}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -80,3 +80,8 @@ class ProviderError(TalkError):
         self.provider = provider
         self.reason = reason
         self.status = status
+
+
+def error_payload(error: TalkError) -> dict[str, object]:
+    """What a client is told about `error`: status, code and a one-line message."""
+    return {"status": error.status, "code": error.code, "message": error.message}

@@ -186,14 +186,7 @@ def talk(
         reply.text, request_id=rid, settings=settings, voice=request.voice, secrets=secrets
     )
     total = time.perf_counter() - started
-    log.info(
-        "[%s] /talk success total=%.2fs reply_chars=%d audio_bytes=%d",
-        rid,
-        total,
-        len(reply.text),
-        len(speech.mp3),
-    )
-    log.info("[%s] MP3 bytes=%d", rid, len(speech.mp3))
+    log_success(rid, total, len(reply.text), len(speech.mp3))
     return TalkResult(
         request_id=rid,
         transcript=heard.text if heard else None,
@@ -212,6 +205,18 @@ def talk(
             "tts": speech.provider,
         },
     )
+
+
+def log_success(request_id: str, total_s: float, reply_chars: int, audio_bytes: int) -> None:
+    """The operator lines that confirm an answered request, as the original logged them."""
+    log.info(
+        "[%s] /talk success total=%.2fs reply_chars=%d audio_bytes=%d",
+        request_id,
+        total_s,
+        reply_chars,
+        audio_bytes,
+    )
+    log.info("[%s] MP3 bytes=%d", request_id, audio_bytes)
 
 
 def _ms(seconds: float) -> int:

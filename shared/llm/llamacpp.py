@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
@@ -61,4 +62,6 @@ def load_llama(path: str) -> tuple[Llama, threading.Lock]:
         n_threads=os.cpu_count() or 1,
         verbose=False,
     )
+    # Free the model while the interpreter is whole: llama.cpp's finaliser fails at exit.
+    atexit.register(llama.close)
     return llama, threading.Lock()

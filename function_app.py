@@ -1,0 +1,20 @@
+"""The Function App: `/health`, `/talk` and the Durable orchestration behind it.
+
+Models and providers load on first use, not here, so a cold start that only answers
+`/health` stays fast.
+"""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from health.api import bp as health_bp
+from shared.secrets import redact
+from talk.api import bp as talk_bp
+from talk.orchestration import bp as orchestration_bp
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(health_bp)
+app.register_functions(talk_bp)
+app.register_functions(orchestration_bp)
+
+redact.install()

@@ -1,0 +1,120 @@
+"""Blob Storage for uploads and replies, connected exactly as the Functions host connects.
+
+Locally `AzureWebJobsStorage` is a connection string (Azurite); in Azure it is
+identity-based: `AzureWebJobsStorage__blobServiceUri` (or `__accountName`) with
+`__credential=managedidentity` and `__clientId` for a user-assigned identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from shared.config import Settings
+from shared.errors import TalkError
+from shared.lazy import load_once
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient, ContainerClient
+
+log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(TalkError):
+    status = 503
+    code = "storage_unavailable"
+
+
+class BlobStore:
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self._service = service
+        self.container_name = container
+        self._container: ContainerClient = service.get_container_client(container)
+        self._created = False
+        self._lock = threading.Lock()
+
+    def put(self, name: str, data: bytes, content_type: str) -> None:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.storage.blob import ContentSettings
+
+        content = ContentSettings(content_type=content_type)
+        try:
+            try:
+                self._container.upload_blob(name, data, overwrite=True, content_settings=content)
+            except ResourceNotFoundError:
+                self._ensure_container()
+                self._container.upload_blob(name, data, overwrite=True, content_settings=content)
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
+
+    def get(self, name: str) -> bytes:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            return self._container.download_blob(name).readall()
+        except ResourceNotFoundError:
+            raise StorageUnavailable(f"{name} is missing from storage") from None
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot read {name}: {type(error).__name__}") from None
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the account answers."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            self._service.get_service_properties()
+        except AzureError as error:
+            raise StorageUnavailable(f"storage unreachable: {type(error).__name__}") from None
+
+    def _ensure_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with self._lock:
+            if not self._created:
+                try:
+                    self._container.create_container()
+                    log.info("Created blob container %s", self.container_name)
+                except ResourceExistsError:
+                    pass
+                self._created = True
+
+
+def blob_service(settings: Settings, **client_options: object) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient, LinearRetry
+
+    # Fail fast: the SDK's default backoff (15 s, then 45 s) outlasts the phone's patience.
+    retry = LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=2)
+    options = {
+        "connection_timeout": 5,
+        "read_timeout": 30,
+        "retry_policy": retry,
+        **client_options,
+    }
+    if settings.storage_connection:
+        return BlobServiceClient.from_connection_string(settings.storage_connection, **options)
+    account_url = settings.storage_blob_uri or (
+        f"https://{settings.storage_account_name}.blob.core.windows.net"
+        if settings.storage_account_name
+        else ""
+    )
+    if not account_url:
+        raise StorageUnavailable(
+            "storage is not configured: set AzureWebJobsStorage or "
+            "AzureWebJobsStorage__blobServiceUri"
+        )
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if settings.storage_credential.lower() == "managedidentity":
+        credential = ManagedIdentityCredential(client_id=settings.storage_client_id or None)
+    else:
+        credential = DefaultAzureCredential(
+            managed_identity_client_id=settings.storage_client_id or None
+        )
+    return BlobServiceClient(account_url, credential=credential, **options)
+
+
+@load_once
+def blob_store(settings: Settings) -> BlobStore:
+    """The process's store for these settings: one pooled client, made on first use."""
+    return BlobStore(blob_service(settings), settings.talk_container)

@@ -1,0 +1,182 @@
+"""Parse and validate a `/talk` request body, before any work is done.
+
+The contract is the original backend's: multipart with an `audio` file part and optional
+`text`/`prompt`, `voice`, `language`, `system_prompt` fields; the same fields as JSON; and,
+new, a raw body with an `audio/*` content type.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+from werkzeug.http import parse_options_header
+
+from shared.config import Settings
+from shared.errors import AudioTooLarge, BadInput, NoInput, TextTooLong
+
+# Extensions a stored upload may get; anything else is stored as `.bin`.
+_EXTENSIONS = {
+    "m4a",
+    "mp4",
+    "3gp",
+    "amr",
+    "aac",
+    "ogg",
+    "oga",
+    "opus",
+    "webm",
+    "mp3",
+    "flac",
+    "wav",
+}
+_CONTENT_TYPE_EXTENSIONS = {
+    "audio/mp4": "m4a",
+    "audio/m4a": "m4a",
+    "audio/x-m4a": "m4a",
+    "audio/aac": "aac",
+    "audio/3gpp": "3gp",
+    "audio/amr": "amr",
+    "audio/ogg": "ogg",
+    "audio/opus": "opus",
+    "audio/webm": "webm",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+}
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+_FIELDS = ("text", "prompt", "voice", "language", "system_prompt")
+MAX_FIELD_CHARS = 200  # voice, language: short names
+# Room for the multipart framing and text fields around the largest allowed audio.
+_FRAMING_BYTES = 64 * 1024
+
+
+class UnsupportedMediaType(BadInput):
+    status = 415
+    code = "unsupported_media_type"
+
+
+@dataclass(frozen=True)
+class TalkInput:
+    audio: bytes | None
+    audio_extension: str
+    text: str | None
+    voice: str | None
+    language: str | None
+    system_prompt: str | None
+
+
+def parse_talk_input(content_type: str | None, body: bytes, settings: Settings) -> TalkInput:
+    """The validated request, or the typed error (415, 413, 400) that says what is wrong."""
+    mimetype, options = parse_options_header(content_type or "")
+    mimetype = mimetype.lower()
+    if len(body) > settings.max_audio_bytes + _FRAMING_BYTES:
+        raise AudioTooLarge(
+            f"request is {len(body)} bytes; the audio limit is {settings.max_audio_bytes} bytes"
+        )
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        fields, audio, extension = _parse_form(mimetype, options, body, settings)
+    elif mimetype == "application/json" or mimetype.endswith("+json"):
+        fields, audio, extension = _parse_json(body), None, ""
+    elif mimetype.startswith("audio/") or mimetype == "application/octet-stream":
+        fields, audio, extension = {}, body, _CONTENT_TYPE_EXTENSIONS.get(mimetype, "bin")
+    else:
+        shown = mimetype or "none"
+        raise UnsupportedMediaType(
+            f"content type {shown} is not supported: send multipart/form-data, "
+            "application/json or audio/*"
+        )
+    return _validated(fields, audio, extension, settings)
+
+
+def _parse_form(
+    mimetype: str, options: dict[str, str], body: bytes, settings: Settings
+) -> tuple[dict[str, Any], bytes | None, str]:
+    limit = settings.max_audio_bytes + _FRAMING_BYTES
+    parser = FormDataParser(
+        max_form_memory_size=limit, max_content_length=limit, max_form_parts=16, silent=False
+    )
+    try:
+        _, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
+    except ValueError:
+        raise BadInput("the form body is malformed") from None
+    except RequestEntityTooLarge:
+        raise AudioTooLarge(f"the form is over the limit of {limit} bytes") from None
+    except HTTPException as error:  # werkzeug's other refusals, e.g. too many parts
+        raise BadInput(f"the form is not acceptable: {error.description}") from None
+    if len(files.getlist("audio")) > 1:
+        raise BadInput("send one audio part, not several")
+    fields = {name: form.get(name) for name in _FIELDS if name in form}
+    upload = files.get("audio")
+    if upload is None:
+        if "audio" in form:  # an `audio` field that is not a file: a common client mistake
+            raise BadInput("the audio part must be a file (with a filename)")
+        return fields, None, ""
+    audio = upload.read(settings.max_audio_bytes + 1)
+    return fields, audio, _extension(upload.filename, upload.mimetype)
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadInput("the JSON body is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise BadInput("the JSON body is malformed") from None
+    if not isinstance(document, dict):
+        raise BadInput("the JSON body must be an object")
+    return {name: document.get(name) for name in _FIELDS if name in document}
+
+
+def _validated(
+    fields: dict[str, Any], audio: bytes | None, extension: str, settings: Settings
+) -> TalkInput:
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise BadInput(f"{name} must be a string")
+    text = fields.get("text") if fields.get("text") is not None else fields.get("prompt")
+    if text is not None and len(text) > settings.max_text_chars:
+        raise TextTooLong(f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
+    if audio is not None and len(audio) > settings.max_audio_bytes:
+        raise AudioTooLarge(f"audio is over the limit of {settings.max_audio_bytes} bytes")
+    if audio is not None and not audio:
+        raise NoInput("the audio part is empty")
+    if audio is None and not (text and text.strip()):
+        raise NoInput("send audio (multipart field `audio`) or text (`text` or `prompt`)")
+    language = (fields.get("language") or "").strip().lower() or None
+    if language is not None and not _LANGUAGE.match(language):
+        raise BadInput("language must be a language code such as en or fi")
+    voice = (fields.get("voice") or "").strip() or None
+    if voice is not None and len(voice) > MAX_FIELD_CHARS:
+        raise BadInput(f"voice must be at most {MAX_FIELD_CHARS} characters")
+    system_prompt = fields.get("system_prompt") or None
+    if system_prompt is not None and len(system_prompt) > settings.max_text_chars:
+        raise TextTooLong(
+            f"system_prompt is over the limit of {settings.max_text_chars} characters"
+        )
+    return TalkInput(
+        audio=audio,
+        audio_extension=extension if audio is not None else "",
+        text=text,
+        voice=voice,
+        language=language,
+        system_prompt=system_prompt,
+    )
+
+
+def _extension(filename: str | None, mimetype: str | None) -> str:
+    """A safe extension from what the client said; never the client's text itself."""
+    if filename and "." in filename:
+        candidate = filename.rsplit(".", 1)[1].lower()
+        if candidate in _EXTENSIONS:
+            return candidate
+    return _CONTENT_TYPE_EXTENSIONS.get((mimetype or "").lower(), "bin")

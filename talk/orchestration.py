@@ -1,0 +1,175 @@
+"""The Durable orchestration: transcribe, generate and synthesize as activities.
+
+Activities exchange blob names and small JSON, never audio. A bad request (undecodable
+audio, no speech) comes back from an activity as an `error` result and ends the
+orchestration at once; a transient failure (a provider, storage) raises, so the
+activity is retried with `RETRY`, and if it still fails the orchestration ends with the
+error's status (502/503).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Generator
+from datetime import datetime
+from typing import Any
+
+import azure.durable_functions as df
+
+from shared.config import get_settings
+from shared.errors import BadInput, ConfigError, TalkError, error_payload
+from shared.pipeline import generate, synthesize, transcribe
+from shared.storage import blob_store
+
+bp = df.Blueprint()
+
+ORCHESTRATOR = "talk_orchestrator"
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=500, max_number_of_attempts=3)
+_FAILURE_MARKER = "TALK_FAILURE"
+_FAILURE = re.compile(_FAILURE_MARKER + r"(\{.*?\})" + _FAILURE_MARKER, re.DOTALL)
+
+
+class TransientStageFailure(Exception):
+    """Raised by an activity so that Durable retries it; carries the typed error."""
+
+    def __init__(self, error: TalkError) -> None:
+        payload = json.dumps(error_payload(error))
+        super().__init__(f"{_FAILURE_MARKER}{payload}{_FAILURE_MARKER}")
+
+
+def failure_from_task_error(error: Exception) -> dict[str, Any]:
+    """The typed error inside a failed activity's message, or a generic 502."""
+    match = _FAILURE.search(str(error))
+    if match:
+        return json.loads(match.group(1))
+    return {
+        "status": 502,
+        "code": "processing_failed",
+        "message": "the request could not be processed",
+    }
+
+
+def reply_blob(request_id: str) -> str:
+    return f"{request_id}/reply.mp3"
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR)
+def talk_orchestrator(
+    context: df.DurableOrchestrationContext,
+) -> Generator[Any, Any, dict[str, Any]]:
+    job: dict[str, Any] = context.get_input()
+    rid = job["request_id"]
+    started: datetime = context.current_utc_datetime
+    try:
+        heard = None
+        if job.get("audio_blob"):
+            heard = yield context.call_activity_with_retry(
+                "transcribe",
+                RETRY,
+                {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
+            )
+            if "error" in heard:
+                return {"request_id": rid, "error": heard["error"]}
+        question = heard["text"] if heard else job["text"]
+        reply = yield context.call_activity_with_retry(
+            "generate",
+            RETRY,
+            {"request_id": rid, "question": question, "system_prompt": job.get("system_prompt")},
+        )
+        if "error" in reply:
+            return {"request_id": rid, "error": reply["error"]}
+        speech = yield context.call_activity_with_retry(
+            "synthesize",
+            RETRY,
+            {"request_id": rid, "text": reply["text"], "voice": job.get("voice")},
+        )
+        if "error" in speech:
+            return {"request_id": rid, "error": speech["error"]}
+    except Exception as error:  # a task that failed after its retries
+        return {"request_id": rid, "error": failure_from_task_error(error)}
+    elapsed = context.current_utc_datetime - started
+    return {
+        "request_id": rid,
+        "transcript": heard["text"] if heard else None,
+        "text": reply["text"],
+        "language": heard["language"] if heard else job.get("language"),
+        "audio_blob": speech["blob"],
+        "audio_bytes": speech["bytes"],
+        "timings_ms": {
+            "stt": heard["elapsed_ms"] if heard else 0,
+            "llm": reply["elapsed_ms"],
+            "tts": speech["elapsed_ms"],
+            "total": round(elapsed.total_seconds() * 1000),
+        },
+        "providers": {
+            "stt": heard["provider"] if heard else None,
+            "llm": reply["provider"],
+            "tts": speech["provider"],
+        },
+    }
+
+
+def _stage(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run an activity's work: bad input is a result, anything transient raises for a retry."""
+    try:
+        return work()
+    except (BadInput, ConfigError) as error:
+        return {"error": error_payload(error)}
+    except TalkError as error:
+        raise TransientStageFailure(error) from error
+
+
+@bp.function_name("transcribe")
+@bp.activity_trigger(input_name="job")
+def transcribe_activity(job: dict[str, Any]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        settings = get_settings()
+        audio = blob_store(settings).get(job["blob"])
+        heard = transcribe(
+            audio, request_id=job["request_id"], settings=settings, language=job.get("language")
+        )
+        return {
+            "text": heard.text,
+            "language": heard.language,
+            "audio_seconds": heard.audio_seconds,
+            "elapsed_ms": heard.elapsed_ms,
+            "provider": heard.provider,
+        }
+
+    return _stage(work)
+
+
+@bp.function_name("generate")
+@bp.activity_trigger(input_name="job")
+def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        reply = generate(
+            job["question"],
+            request_id=job["request_id"],
+            settings=get_settings(),
+            system_prompt=job.get("system_prompt"),
+        )
+        return {"text": reply.text, "elapsed_ms": reply.elapsed_ms, "provider": reply.provider}
+
+    return _stage(work)
+
+
+@bp.function_name("synthesize")
+@bp.activity_trigger(input_name="job")
+def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        settings = get_settings()
+        speech = synthesize(
+            job["text"], request_id=job["request_id"], settings=settings, voice=job.get("voice")
+        )
+        blob = reply_blob(job["request_id"])
+        blob_store(settings).put(blob, speech.mp3, "audio/mpeg")
+        return {
+            "blob": blob,
+            "bytes": len(speech.mp3),
+            "elapsed_ms": speech.elapsed_ms,
+            "provider": speech.provider,
+        }
+
+    return _stage(work)

@@ -1,0 +1,89 @@
+"""HTTP answers of `/talk`: the app's JSON contract, raw MP3, 202 and errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import azure.functions as func
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+
+from shared.pipeline import log_success
+
+log = logging.getLogger("talk")
+
+JSON = "application/json"
+MP3 = "audio/mpeg"
+POLL_AFTER_SECONDS = 2
+
+
+def preferred_format(accept: str | None) -> str | None:
+    """`application/json` (the default), `audio/mpeg`, or None if neither is acceptable."""
+    if not accept or not accept.strip():
+        return JSON
+    return parse_accept_header(accept, MIMEAccept).best_match([JSON, MP3])
+
+
+def error_response(
+    status: int, message: str, request_id: str | None, code: str = "error"
+) -> func.HttpResponse:
+    log.info("[%s] Backend response code: %d (%s)", request_id, status, code)
+    body = {"error": message, "code": code, "request_id": request_id}
+    return func.HttpResponse(
+        json.dumps(body),
+        status_code=status,
+        mimetype=JSON,
+        headers={"X-Request-Id": request_id} if request_id else None,
+    )
+
+
+def pending_response(request_id: str) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps({"request_id": request_id, "status": "running"}),
+        status_code=202,
+        mimetype=JSON,
+        headers={
+            "Location": f"/talk/{request_id}",
+            "Retry-After": str(POLL_AFTER_SECONDS),
+            "X-Request-Id": request_id,
+        },
+    )
+
+
+def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> func.HttpResponse:
+    rid = output["request_id"]
+    timings = output["timings_ms"]
+    headers = {
+        "X-Request-Id": rid,
+        "Server-Timing": ", ".join(
+            f"{stage};dur={timings[stage]}" for stage in ("stt", "llm", "tts", "total")
+        ),
+    }
+    if response_format == MP3:
+        headers["X-Reply-Text"] = quote(output["text"], safe="")
+        if output["transcript"] is not None:
+            headers["X-Transcript"] = quote(output["transcript"], safe="")
+        if output["language"]:
+            headers["X-Language"] = output["language"]
+        response = func.HttpResponse(mp3, status_code=200, mimetype=MP3, headers=headers)
+    else:
+        body = {
+            "request_id": rid,
+            "text": output["text"],
+            "audio_base64": base64.b64encode(mp3).decode("ascii"),
+            "audio_format": "mp3",
+            "transcript": output["transcript"],
+            "language": output["language"],
+            "timings_ms": timings,
+            "providers": output["providers"],
+        }
+        response = func.HttpResponse(
+            json.dumps(body, ensure_ascii=False), status_code=200, mimetype=JSON, headers=headers
+        )
+    log.info("[%s] Backend response code: 200", rid)
+    log_success(rid, timings["total"] / 1000, len(output["text"]), len(mp3))
+    return response

@@ -1,0 +1,82 @@
+"""The Function App as the Functions host would index it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import azure.functions as func
+
+from tests.conftest import ROOT
+
+
+def test_the_app_indexes_every_function_with_its_bindings() -> None:
+    # A fresh interpreter: get_functions() may be called once per app object.
+    script = (
+        "import json, function_app;"
+        "print(json.dumps({f.get_function_name(): sorted(b.type for b in f.get_bindings())"
+        " for f in function_app.app.get_functions()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == {
+        "health": ["http", "httpTrigger"],
+        "talk_start": ["durableClient", "http", "httpTrigger"],
+        "talk_result": ["durableClient", "http", "httpTrigger"],
+        "talk_orchestrator": ["orchestrationTrigger"],
+        "transcribe": ["activityTrigger"],
+        "generate": ["activityTrigger"],
+        "synthesize": ["activityTrigger"],
+    }
+
+
+def test_routes_and_auth_levels() -> None:
+    from health.api import health
+    from talk.api import talk_result, talk_start
+
+    def trigger(builder) -> dict:
+        [binding] = [b for b in builder.build().get_bindings() if b.type == "httpTrigger"]
+        return binding.get_dict_repr()
+
+    assert trigger(health)["route"] == "health"
+    assert trigger(health)["authLevel"] == func.AuthLevel.ANONYMOUS
+    assert trigger(talk_start)["route"] == "talk"
+    assert trigger(talk_start)["authLevel"] == func.AuthLevel.FUNCTION
+    assert trigger(talk_result)["route"] == "talk/{request_id}"
+    assert trigger(talk_result)["authLevel"] == func.AuthLevel.FUNCTION
+
+
+def test_host_json_serves_the_original_paths() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["extensions"]["http"]["routePrefix"] == ""
+    assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+
+
+def test_local_settings_sample_is_complete_and_safe() -> None:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    for secret in ("HF_API_TOKEN", "ELEVENLABS_API_KEY", "LLM_API_KEY"):
+        assert not values.get(secret)
+
+
+def test_azure_functions_doctor_finds_no_failure(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("azure-functions-doctor")),
+            "doctor",
+            "--path",
+            str(ROOT),
+            "--summary-json",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert json.loads(summary.read_text())["failed"] == 0

@@ -1,0 +1,178 @@
+"""The orchestrator through the Durable SDK's replay engine, episode by episode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.errors import ProviderError
+from talk.orchestration import TransientStageFailure, talk_orchestrator
+from tests.durable_host import (
+    CALL_ACTIVITY_WITH_RETRY,
+    History,
+    activity_failure,
+    replay,
+    scheduled_actions,
+)
+
+ORCHESTRATOR = talk_orchestrator.build().get_user_function()
+RID = "0123abcd"
+AUDIO_JOB = {
+    "request_id": RID,
+    "text": None,
+    "voice": "Kim",
+    "language": "en",
+    "system_prompt": None,
+    "audio_blob": f"{RID}/input.m4a",
+}
+HEARD = {
+    "text": "How are you?",
+    "language": "en",
+    "audio_seconds": 1.5,
+    "elapsed_ms": 300,
+    "provider": "faster-whisper",
+}
+REPLY = {"text": "I am well, thank you.", "elapsed_ms": 400, "provider": "local"}
+SPEECH = {"blob": f"{RID}/reply.mp3", "bytes": 12345, "elapsed_ms": 200, "provider": "piper"}
+
+
+def run_episode(history: History) -> tuple[dict, list[dict]]:
+    state = replay(ORCHESTRATOR, history)
+    return state, scheduled_actions(state)
+
+
+def complete(history: History, name: str, task_input: str, result: dict) -> None:
+    history.orchestrator_started()
+    history.task_completed(history.task_scheduled(name, task_input), result)
+
+
+def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)
+    state, actions = run_episode(history)
+    assert not state["isDone"]
+    [transcribe] = actions
+    assert transcribe["actionType"] == CALL_ACTIVITY_WITH_RETRY
+    assert transcribe["functionName"] == "transcribe"
+    assert transcribe["retryOptions"] == {
+        "firstRetryIntervalInMilliseconds": 500,
+        "maxNumberOfAttempts": 3,
+    }
+    assert json.loads(transcribe["input"]) == {
+        "request_id": RID,
+        "blob": f"{RID}/input.m4a",  # a blob name, never audio bytes
+        "language": "en",
+    }
+
+    complete(history, "transcribe", transcribe["input"], HEARD)
+    state, actions = run_episode(history)
+    generate = actions[-1]
+    assert [a["functionName"] for a in actions] == ["transcribe", "generate"]
+    assert json.loads(generate["input"]) == {
+        "request_id": RID,
+        "question": "How are you?",
+        "system_prompt": None,
+    }
+
+    complete(history, "generate", generate["input"], REPLY)
+    state, actions = run_episode(history)
+    synthesize = actions[-1]
+    assert synthesize["functionName"] == "synthesize"
+    assert json.loads(synthesize["input"]) == {
+        "request_id": RID,
+        "text": "I am well, thank you.",
+        "voice": "Kim",
+    }
+
+    complete(history, "synthesize", synthesize["input"], SPEECH)
+    state, _ = run_episode(history)
+    assert state["isDone"]
+    output = state["output"]
+    assert output == {
+        "request_id": RID,
+        "transcript": "How are you?",
+        "text": "I am well, thank you.",
+        "language": "en",
+        "audio_blob": f"{RID}/reply.mp3",
+        "audio_bytes": 12345,
+        "timings_ms": {"stt": 300, "llm": 400, "tts": 200, "total": output["timings_ms"]["total"]},
+        "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
+    }
+    assert output["timings_ms"]["total"] >= 0
+
+
+def test_a_text_question_skips_transcription() -> None:
+    job = {**AUDIO_JOB, "audio_blob": None, "text": "Tell me something nice."}
+    history = History("talk_orchestrator", RID, job)
+    _, [first] = run_episode(history)
+    assert first["functionName"] == "generate"
+    assert json.loads(first["input"])["question"] == "Tell me something nice."
+    complete(history, "generate", first["input"], REPLY)
+    _, actions = run_episode(history)
+    complete(history, "synthesize", actions[-1]["input"], SPEECH)
+    state, _ = run_episode(history)
+    assert state["output"]["transcript"] is None
+    assert state["output"]["providers"]["stt"] is None
+    assert state["output"]["timings_ms"]["stt"] == 0
+
+
+def test_a_permanent_failure_ends_the_orchestration_without_retries() -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)
+    _, [transcribe] = run_episode(history)
+    no_speech = {"status": 422, "code": "no_speech", "message": "no speech found in 5.0 s of audio"}
+    complete(history, "transcribe", transcribe["input"], {"error": no_speech})
+    state, actions = run_episode(history)
+    assert state["isDone"]
+    assert [a["functionName"] for a in actions] == ["transcribe"]
+    assert state["output"] == {"request_id": RID, "error": no_speech}
+
+
+def _fail(history: History, name: str, task_input: str, error: Exception) -> None:
+    history.orchestrator_started()
+    task_id = history.task_scheduled(name, task_input)
+    history.task_failed(task_id, *activity_failure(name, error))
+    history.retry_timer(0.5)
+
+
+def test_a_transient_failure_is_retried_and_then_succeeds() -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)
+    _, [transcribe] = run_episode(history)
+    complete(history, "transcribe", transcribe["input"], HEARD)
+    _, actions = run_episode(history)
+    outage = TransientStageFailure(ProviderError("huggingface", "HTTP 503", status=503))
+    _fail(history, "generate", actions[-1]["input"], outage)
+    state, actions = run_episode(history)
+    assert not state["isDone"]  # waiting on the retry
+    complete(history, "generate", actions[-1]["input"], REPLY)
+    state, actions = run_episode(history)
+    assert actions[-1]["functionName"] == "synthesize"
+
+
+def test_a_transient_failure_that_outlasts_the_retries_keeps_its_status() -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)
+    _, [transcribe] = run_episode(history)
+    complete(history, "transcribe", transcribe["input"], HEARD)
+    _, actions = run_episode(history)
+    outage = TransientStageFailure(ProviderError("huggingface", "HTTP 429", status=503))
+    for _ in range(3):
+        _fail(history, "generate", actions[-1]["input"], outage)
+    state, _ = run_episode(history)
+    assert state["isDone"]
+    assert state["output"] == {
+        "request_id": RID,
+        "error": {"status": 503, "code": "provider_error", "message": "huggingface: HTTP 429"},
+    }
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("text")])
+def test_an_unexpected_crash_is_a_generic_502_without_internals(error: Exception) -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)
+    _, [transcribe] = run_episode(history)
+    for _ in range(3):
+        _fail(history, "transcribe", transcribe["input"], error)
+    state, _ = run_episode(history)
+    assert state["output"]["error"] == {
+        "status": 502,
+        "code": "processing_failed",
+        "message": "the request could not be processed",
+    }
