@@ -54,6 +54,23 @@ def reply_blob(request_id: str) -> str:
     return f"{request_id}/reply.mp3"
 
 
+class _Refused(Exception):
+    """An activity answered with a permanent error: the orchestration ends with it."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+def _call(
+    context: df.DurableOrchestrationContext, activity: str, job: dict[str, Any]
+) -> Generator[Any, Any, dict[str, Any]]:
+    result = yield context.call_activity_with_retry(activity, RETRY, job)
+    if "error" in result:
+        raise _Refused(result["error"])
+    return result
+
+
 @bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR)
 def talk_orchestrator(
     context: df.DurableOrchestrationContext,
@@ -64,28 +81,24 @@ def talk_orchestrator(
     try:
         heard = None
         if job.get("audio_blob"):
-            heard = yield context.call_activity_with_retry(
+            heard = yield from _call(
+                context,
                 "transcribe",
-                RETRY,
                 {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
             )
-            if "error" in heard:
-                return {"request_id": rid, "error": heard["error"]}
         question = heard["text"] if heard else job["text"]
-        reply = yield context.call_activity_with_retry(
+        reply = yield from _call(
+            context,
             "generate",
-            RETRY,
             {"request_id": rid, "question": question, "system_prompt": job.get("system_prompt")},
         )
-        if "error" in reply:
-            return {"request_id": rid, "error": reply["error"]}
-        speech = yield context.call_activity_with_retry(
+        speech = yield from _call(
+            context,
             "synthesize",
-            RETRY,
             {"request_id": rid, "text": reply["text"], "voice": job.get("voice")},
         )
-        if "error" in speech:
-            return {"request_id": rid, "error": speech["error"]}
+    except _Refused as refused:
+        return {"request_id": rid, "error": refused.error}
     except Exception as error:  # a task that failed after its retries
         return {"request_id": rid, "error": failure_from_task_error(error)}
     elapsed = context.current_utc_datetime - started
