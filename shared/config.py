@@ -133,7 +133,8 @@ class Settings:
         for field in dataclasses.fields(cls):
             name = env_name(field)
             raw = env.get(name)
-            if raw is None:
+            # An empty value means "not set": portals and templates leave settings empty.
+            if raw is None or not raw.strip():
                 continue
             values[field.name] = _parse(name, raw.strip(), hints[field.name])
         settings = cls(**values)

@@ -17,6 +17,7 @@ from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
 from shared.secrets import SecretStore, redact
+from talk.remote import ask_backend
 
 log = logging.getLogger("talk")
 
@@ -41,6 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log each stage at LOG_LEVEL on stderr"
     )
+    parser.add_argument(
+        "--url", help="ask a deployed backend at this address instead of running in-process"
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("TALK_FUNCTION_KEY"),
+        help="function key for --url (default: $TALK_FUNCTION_KEY)",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,10 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         redact.install()
-        secrets = default_secrets(settings)
-        _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
-        log_active_providers(settings, secrets)
-        result = talk(_request(args), settings, secrets)
+        if args.url:
+            result = ask_backend(
+                args.url,
+                key=args.key,
+                audio_file=args.audio_file,
+                text=args.text,
+                voice=args.voice,
+                language=args.language,
+            )
+        else:
+            secrets = default_secrets(settings)
+            _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
+            log_active_providers(settings, secrets)
+            result = talk(_request(args), settings, secrets)
         args.out.write_bytes(result.mp3)
     except BadInput as error:
         print(f"error: {error.message}", file=sys.stderr)

@@ -10,15 +10,18 @@ import threading
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pytest
 
-from shared.config import Settings
+from shared.config import Settings, get_settings
 from shared.secrets import SECRET_NAMES
 from shared.tts.mp3 import encode_mp3
 from tools.phone_audio import encode, speak
+
+if TYPE_CHECKING:
+    from tests.durable_host import LocalDurableHost
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +162,53 @@ def run_async(coroutine: Awaitable[T], timeout: float = 180) -> T:
     """Run `coroutine` on one long-lived loop, as the Functions worker does (the Durable
     client keeps an aiohttp session that belongs to the loop that made it)."""
     return asyncio.run_coroutine_threadsafe(coroutine, _loop).result(timeout)
+
+
+# --- the Function App ----------------------------------------------------------------------
+
+
+def reset_app_caches() -> None:
+    """Forget settings and the clients made from them, after the environment changed."""
+    from shared.lazy import OnceLoader
+    from shared.providers import default_secrets
+    from shared.storage import blob_store
+
+    get_settings.cache_clear()
+    for loader in (default_secrets, blob_store):
+        assert isinstance(loader, OnceLoader)
+        loader.clear()
+
+
+@pytest.fixture
+def app_settings(monkeypatch, tmp_path, azurite) -> Iterator[pytest.MonkeyPatch]:
+    """The app's environment: Azurite, embedded providers, no local files."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("HF_API_TOKEN", "ELEVENLABS_API_KEY", "LLM_API_KEY", "KEY_VAULT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite)
+    monkeypatch.setenv("LLM_PROVIDER", "local")
+    monkeypatch.setenv("TTS_PROVIDER", "piper")
+    reset_app_caches()
+    yield monkeypatch
+    reset_app_caches()
+
+
+@pytest.fixture
+def host() -> Iterator[LocalDurableHost]:
+    """The Durable extension stand-in, running the app's real orchestrator and activities."""
+    from talk.orchestration import (
+        generate_activity,
+        synthesize_activity,
+        talk_orchestrator,
+        transcribe_activity,
+    )
+    from tests.durable_host import LocalDurableHost
+
+    activities = {
+        "transcribe": transcribe_activity.build().get_user_function(),
+        "generate": generate_activity.build().get_user_function(),
+        "synthesize": synthesize_activity.build().get_user_function(),
+    }
+    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
+    with LocalDurableHost(orchestrators, activities) as local_host:
+        yield local_host

@@ -31,6 +31,11 @@ def test_values_are_parsed_to_their_types() -> None:
     assert settings.whisper_language == "fi"
 
 
+def test_an_empty_value_means_the_default() -> None:
+    settings = Settings.from_env({"SYSTEM_PROMPT": "", "LLM_PROVIDER": " ", "MAX_AUDIO_BYTES": ""})
+    assert settings == Settings()
+
+
 @pytest.mark.parametrize(
     ("env", "says"),
     [

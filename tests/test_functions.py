@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
 from urllib.parse import unquote
 
 import azure.functions as func
@@ -22,20 +21,13 @@ from urllib3 import encode_multipart_formdata
 from health.api import health
 from shared.audio import decode_audio
 from shared.config import get_settings
-from shared.lazy import OnceLoader
-from shared.providers import default_secrets
 from shared.storage import blob_store
 from talk.api import talk_result, talk_start
-from talk.orchestration import (
-    generate_activity,
-    synthesize_activity,
-    talk_orchestrator,
-    transcribe_activity,
-)
 from tests.conftest import (
     QUESTIONS,
     closed_port_connection_string,
     phone_upload,
+    reset_app_caches,
     run_async,
 )
 from tests.durable_host import LocalDurableHost
@@ -56,39 +48,6 @@ ANSWER_KEYS = {
     "timings_ms",
     "providers",
 }
-
-
-def _reset_caches() -> None:
-    get_settings.cache_clear()
-    for loader in (default_secrets, blob_store):
-        assert isinstance(loader, OnceLoader)
-        loader.clear()
-
-
-@pytest.fixture
-def app_settings(monkeypatch, tmp_path, azurite) -> Iterator[pytest.MonkeyPatch]:
-    """The app's environment: Azurite, embedded providers, no local files."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("HF_API_TOKEN", "ELEVENLABS_API_KEY", "LLM_API_KEY", "KEY_VAULT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AzureWebJobsStorage", azurite)
-    monkeypatch.setenv("LLM_PROVIDER", "local")
-    monkeypatch.setenv("TTS_PROVIDER", "piper")
-    _reset_caches()
-    yield monkeypatch
-    _reset_caches()
-
-
-@pytest.fixture
-def host() -> Iterator[LocalDurableHost]:
-    activities = {
-        "transcribe": transcribe_activity.build().get_user_function(),
-        "generate": generate_activity.build().get_user_function(),
-        "synthesize": synthesize_activity.build().get_user_function(),
-    }
-    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
-    with LocalDurableHost(orchestrators, activities) as local_host:
-        yield local_host
 
 
 def post(host: LocalDurableHost, body: bytes, content_type: str | None, **headers: str):
@@ -161,7 +120,7 @@ def test_readiness_fails_when_storage_or_a_key_is_missing(app_settings) -> None:
     app_settings.setenv("AzureWebJobsStorage", closed_port_connection_string())
     app_settings.setenv("LLM_PROVIDER", "huggingface")
     app_settings.setenv("HF_API_TOKEN", "")
-    _reset_caches()
+    reset_app_caches()
     response = _health(ready=True)
     assert response.status_code == 503
     body = body_of(response)
@@ -173,7 +132,7 @@ def test_readiness_fails_when_storage_or_a_key_is_missing(app_settings) -> None:
 
 def test_a_broken_setting_makes_readiness_fail_but_liveness_answer(app_settings) -> None:
     app_settings.setenv("MAX_AUDIO_BYTES", "lots")
-    _reset_caches()
+    reset_app_caches()
     assert _health().status_code == 200
     response = _health(ready=True)
     assert response.status_code == 503
@@ -211,7 +170,7 @@ def test_bad_requests_are_refused_before_any_work(
 
 def test_audio_over_the_byte_limit_is_413(app_settings, host) -> None:
     app_settings.setenv("MAX_AUDIO_BYTES", "1000")
-    _reset_caches()
+    reset_app_caches()
     body, content_type = android_upload(phone_upload(QUESTIONS[0], "m4a"))
     response = post(host, body, content_type)
     assert response.status_code == 413
@@ -221,7 +180,7 @@ def test_audio_over_the_byte_limit_is_413(app_settings, host) -> None:
 
 def test_storage_down_is_503_and_nothing_starts(app_settings, host) -> None:
     app_settings.setenv("AzureWebJobsStorage", closed_port_connection_string())
-    _reset_caches()
+    reset_app_caches()
     body, content_type = android_upload(phone_upload(QUESTIONS[0], "m4a"))
     response = post(host, body, content_type)
     assert response.status_code == 503
@@ -315,7 +274,7 @@ def test_a_provider_outage_is_retried_by_the_orchestration(app_settings, host) -
         app_settings.setenv("LLM_BASE_URL", f"{chat.url}/v1")
         app_settings.setenv("LLM_MODEL", "stub")
         app_settings.setenv("HTTP_RETRIES", "0")  # leave the retrying to Durable
-        _reset_caches()
+        reset_app_caches()
         chat.script = [Reply.json(503, {})]
         response = post(host, b'{"text": "Hello?"}', "application/json")
     assert response.status_code == 200, response.get_body()
@@ -329,7 +288,7 @@ def test_a_provider_that_stays_down_is_a_clear_503(app_settings, host) -> None:
         app_settings.setenv("LLM_BASE_URL", f"{chat.url}/v1")
         app_settings.setenv("LLM_MODEL", "stub")
         app_settings.setenv("HTTP_RETRIES", "0")
-        _reset_caches()
+        reset_app_caches()
         chat.script = [Reply.json(429, {}, **{"Retry-After": "0"})] * 3
         response = post(host, b'{"text": "Hello?"}', "application/json")
     assert response.status_code == 503
@@ -339,7 +298,7 @@ def test_a_provider_that_stays_down_is_a_clear_503(app_settings, host) -> None:
 
 def test_a_slow_answer_is_202_then_collected(app_settings, host) -> None:
     app_settings.setenv("TALK_WAIT_SECONDS", "0.01")
-    _reset_caches()
+    reset_app_caches()
     response = post(host, b'{"text": "What should I cook tonight?"}', "application/json")
     assert response.status_code == 202
     rid = body_of(response)["request_id"]

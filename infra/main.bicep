@@ -1,0 +1,396 @@
+// Azure infrastructure for the talk backend (function_app.py): a Python 3.11 Function App
+// on Flex Consumption with Durable Functions, identity-based storage, Key Vault secrets and
+// Application Insights, all reached through one user-assigned managed identity.
+// Deploy with `azd up`; parameters come from main.parameters.json.
+targetScope = 'subscription'
+
+// ---------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds the unique suffix of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Primary location for all resources; it must offer Flex Consumption Function Apps.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the user (or CI principal) running azd; it gets data-plane roles for local debugging and to set Key Vault secrets. Leave empty to assign none.')
+param principalId string = ''
+
+@description('Principal type of principalId.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+// Optional name overrides; empty derives a name from the abbreviations and resourceToken.
+@description('Resource group name; empty uses rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Function App name; empty derives one.')
+param functionAppName string = ''
+
+@description('Flex Consumption plan name; empty derives one.')
+param appServicePlanName string = ''
+
+@description('Storage account name (3-24 lower-case letters and digits); empty derives one.')
+param storageAccountName string = ''
+
+@description('Key Vault name; empty derives one. Purge protection keeps a deleted vault\'s name reserved for 90 days.')
+param keyVaultName string = ''
+
+@description('User-assigned managed identity name; empty derives one.')
+param identityName string = ''
+
+@description('Log Analytics workspace name; empty derives one.')
+param logAnalyticsName string = ''
+
+@description('Application Insights name; empty derives one.')
+param applicationInsightsName string = ''
+
+// ---------------------------------------------------------------------------------------
+// Hosting
+// ---------------------------------------------------------------------------------------
+
+@description('Memory of each Function App instance, in MB. 2048 fits WHISPER_MODEL tiny.en; use 4096 for WHISPER_MODEL base.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Most instances the Function App scales out to (Flex Consumption allows 40 to 1000).')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Always-ready instances for each of the http and durable trigger groups (the models load in the durable group), to avoid cold starts on /talk; 0 disables them (and their standing cost).')
+@minValue(0)
+param alwaysReadyInstances int = 1
+
+@description('Days a blob in the talk-audio container lives before the lifecycle rule deletes it.')
+@minValue(1)
+@maxValue(365)
+param audioRetentionDays int = 7
+
+@description('Browser origins allowed to call the API (CORS), e.g. [\'https://app.example.com\']. Never \'*\'; empty allows no cross-origin browser calls.')
+param corsAllowedOrigins array = []
+
+@description('Redundancy of the storage account.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+param storageSkuName string = 'Standard_LRS'
+
+@description('Days Log Analytics keeps logs.')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 30
+
+// ---------------------------------------------------------------------------------------
+// App behaviour (see the settings table in README.md)
+// ---------------------------------------------------------------------------------------
+
+@description('LLM_PROVIDER: huggingface, openai (LLM_BASE_URL + LLM_MODEL), local, or auto.')
+@allowed([
+  'auto'
+  'huggingface'
+  'openai'
+  'local'
+])
+param llmProvider string = 'huggingface'
+
+@description('TTS_PROVIDER: elevenlabs, piper, or auto.')
+@allowed([
+  'auto'
+  'elevenlabs'
+  'piper'
+])
+param ttsProvider string = 'elevenlabs'
+
+@description('TTS_FALLBACK: piper answers with the embedded voice when ElevenLabs fails; empty disables the fallback.')
+@allowed([
+  ''
+  'piper'
+])
+param ttsFallback string = 'piper'
+
+@description('WHISPER_MODEL: tiny.en is shipped with the app; base and larger need instanceMemoryMB 4096.')
+param whisperModel string = 'tiny.en'
+
+@description('HF_MODEL: Hugging Face chat model used when llmProvider is huggingface.')
+param hfModel string = 'meta-llama/Llama-3.1-8B-Instruct'
+
+@description('LLM_BASE_URL: OpenAI-compatible endpoint used when llmProvider is openai.')
+param llmBaseUrl string = ''
+
+@description('LLM_MODEL: model name at llmBaseUrl, used when llmProvider is openai.')
+param llmModel string = ''
+
+@description('VOICE_ID: default ElevenLabs voice id.')
+param voiceId string = 'EXAVITQu4vr4xnSDxMaL'
+
+@description('VOICES: persona names to ElevenLabs voice ids, e.g. Kim=<id>,Milla=<id>; empty for none.')
+param voices string = ''
+
+@description('SYSTEM_PROMPT: system prompt for the reply; empty leaves the app\'s built-in prompt (the setting is then not written at all).')
+param systemPrompt string = ''
+
+// ---------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------
+
+var abbrs = loadJsonContent('./abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+
+var resolvedFunctionAppName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
+var deploymentContainerName = 'app-package-${resourceToken}'
+var talkContainerName = 'talk-audio'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity, plan, storage, monitoring, Key Vault
+// ---------------------------------------------------------------------------------------
+
+// The one identity the app uses for storage, Key Vault and Application Insights.
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: !empty(identityName) ? identityName : '${abbrs.managedIdentityUserAssignedIdentities}api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+  name: 'app-service-plan'
+  scope: rg
+  params: {
+    name: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    sku: {
+      name: 'FC1'
+      tier: 'FlexConsumption'
+    }
+    reserved: true
+  }
+}
+
+// Shared-key access is off: everything (the host, Durable Functions, the deployment
+// package, the app's own talk-audio blobs) authenticates with the managed identity.
+module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: !empty(storageAccountName) ? storageAccountName : '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    kind: 'StorageV2'
+    skuName: storageSkuName
+    allowSharedKeyAccess: false
+    allowBlobPublicAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    dnsEndpointType: 'Standard'
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    blobServices: {
+      // Soft delete guards against deleting by mistake; note that a recording removed by
+      // the lifecycle rule below stays recoverable (soft-deleted) for these 7 more days.
+      containerDeleteRetentionPolicyEnabled: true
+      containerDeleteRetentionPolicyDays: 7
+      deleteRetentionPolicyEnabled: true
+      deleteRetentionPolicyDays: 7
+      containers: [
+        {
+          name: deploymentContainerName
+          publicAccess: 'None'
+        }
+        {
+          name: talkContainerName
+          publicAccess: 'None'
+        }
+      ]
+    }
+    // Uploaded questions and spoken replies are transient: delete them after
+    // audioRetentionDays. prefixMatch starts with the container name.
+    managementPolicyRules: [
+      {
+        name: 'delete-old-talk-audio'
+        enabled: true
+        type: 'Lifecycle'
+        definition: {
+          filters: {
+            blobTypes: [
+              'blockBlob'
+              'appendBlob'
+            ]
+            prefixMatch: [
+              '${talkContainerName}/'
+            ]
+          }
+          actions: {
+            baseBlob: {
+              delete: {
+                daysAfterModificationGreaterThan: audioRetentionDays
+              }
+            }
+          }
+        }
+      }
+    ]
+  }
+}
+
+module monitoring './app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: !empty(logAnalyticsName) ? logAnalyticsName : '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: !empty(applicationInsightsName) ? applicationInsightsName : '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+    logRetentionDays: logRetentionDays
+  }
+}
+
+module keyVault './app/keyvault.bicep' = {
+  name: 'key-vault'
+  scope: rg
+  params: {
+    name: !empty(keyVaultName) ? keyVaultName : '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module rbac './app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    managedIdentityPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Function App
+// ---------------------------------------------------------------------------------------
+
+// Every app setting except the identity-based AzureWebJobsStorage__* and
+// APPLICATIONINSIGHTS_* connections, which api.bicep adds. An empty value means the app's
+// default (an empty SYSTEM_PROMPT keeps the built-in prompt). Provider secrets are not here: the app reads hf-api-token, elevenlabs-api-key and
+// llm-api-key from KEY_VAULT_URL as AZURE_CLIENT_ID.
+var appSettings = {
+  KEY_VAULT_URL: keyVault.outputs.uri
+  AZURE_CLIENT_ID: identity.outputs.clientId
+  LLM_PROVIDER: llmProvider
+  HF_MODEL: hfModel
+  HF_BASE_URL: 'https://router.huggingface.co/v1'
+  LLM_BASE_URL: llmBaseUrl
+  LLM_MODEL: llmModel
+  LOCAL_LLM_PATH: '' // empty: the embedded model the app ships with
+  TTS_PROVIDER: ttsProvider
+  TTS_FALLBACK: ttsFallback
+  PIPER_VOICE_PATH: '' // empty: the embedded Piper voice the app ships with
+  ELEVENLABS_BASE_URL: 'https://api.elevenlabs.io'
+  ELEVENLABS_MODEL: 'eleven_flash_v2_5'
+  ELEVENLABS_OUTPUT_FORMAT: 'mp3_22050_32'
+  ELEVENLABS_STABILITY: '0.5'
+  ELEVENLABS_SIMILARITY_BOOST: '0.8'
+  VOICE_ID: voiceId
+  VOICES: voices
+  WHISPER_MODEL: whisperModel
+  WHISPER_COMPUTE_TYPE: 'int8'
+  WHISPER_BEAM_SIZE: '1'
+  WHISPER_LANGUAGE: ''
+  MAX_AUDIO_BYTES: '10000000'
+  MAX_AUDIO_SECONDS: '120'
+  MAX_TEXT_CHARS: '4000'
+  LLM_MAX_TOKENS: '120'
+  LLM_TEMPERATURE: '0.7'
+  REPLY_MAX_SENTENCES: '3'
+  MP3_BITRATE_KBPS: '48'
+  HTTP_CONNECT_TIMEOUT_SECONDS: '5'
+  HTTP_TIMEOUT_SECONDS: '30'
+  HTTP_RETRIES: '2'
+  HTTP_BACKOFF_SECONDS: '0.5'
+  HTTP_MAX_RETRY_AFTER_SECONDS: '10'
+  SECRET_TTL_SECONDS: '300'
+  TALK_CONTAINER: talkContainerName
+  TALK_WAIT_SECONDS: '60'
+  SYSTEM_PROMPT: systemPrompt
+  LOG_LEVEL: 'INFO'
+}
+
+module api './app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: resolvedFunctionAppName
+    location: location
+    tags: tags
+    appServicePlanId: appServicePlan.outputs.resourceId
+    storageAccountName: storage.outputs.name
+    deploymentStorageContainerName: deploymentContainerName
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    appSettings: appSettings
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    alwaysReadyInstances: alwaysReadyInstances
+    corsAllowedOrigins: corsAllowedOrigins
+    runtimeVersion: '3.11'
+  }
+  // The identity must hold its storage roles before the host starts and before azd
+  // uploads the package; Key Vault and App Insights roles before the first request.
+  dependsOn: [
+    rbac
+  ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Outputs (azd stores them in the environment's .env)
+// ---------------------------------------------------------------------------------------
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output FUNCTION_URL string = 'https://${api.outputs.defaultHostname}'
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
