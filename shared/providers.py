@@ -12,8 +12,6 @@ from shared.secrets import SecretStore, build_secret_store
 
 log = logging.getLogger(__name__)
 
-STT_PROVIDER = "faster-whisper"
-
 
 def llm_provider(settings: Settings, secrets: SecretStore) -> str:
     if settings.llm_provider != "auto":
@@ -29,7 +27,7 @@ def tts_provider(settings: Settings, secrets: SecretStore) -> str:
 
 def active_providers(settings: Settings, secrets: SecretStore) -> dict[str, str]:
     return {
-        "stt": STT_PROVIDER,
+        "stt": settings.stt_engine,
         "llm": llm_provider(settings, secrets),
         "tts": tts_provider(settings, secrets),
     }

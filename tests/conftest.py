@@ -3,11 +3,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +16,7 @@ import pytest
 from shared.config import Settings, get_settings
 from shared.secrets import SECRET_NAMES
 from shared.tts.mp3 import encode_mp3
+from tools.azurite import connection_string, free_port, running_azurite
 from tools.phone_audio import encode, speak
 
 if TYPE_CHECKING:
@@ -81,77 +80,17 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
 
 # --- Azurite and async helpers ------------------------------------------------------------
 
-AZURITE = ROOT / ".tools" / "node_modules" / ".bin" / "azurite"
-DEV_ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def storage_connection_string(blob: int, queue: int, table: int) -> str:
-    return (
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-        f"AccountKey={DEV_ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
-        f"QueueEndpoint=http://127.0.0.1:{queue}/devstoreaccount1;"
-        f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"
-    )
-
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory) -> Iterator[str]:
     """A real Azurite (blob, queue, table) on free loopback ports: its connection string."""
-    assert AZURITE.exists(), "Azurite is missing: run `make install`"
-    ports = [free_port() for _ in range(3)]
-    process = subprocess.Popen(
-        [
-            str(AZURITE),
-            "--silent",
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-            "--location",
-            str(tmp_path_factory.mktemp("azurite")),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(ports[0]),
-            "--queueHost",
-            "127.0.0.1",
-            "--queuePort",
-            str(ports[1]),
-            "--tableHost",
-            "127.0.0.1",
-            "--tablePort",
-            str(ports[2]),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                for port in ports:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("Azurite did not start") from None
-                time.sleep(0.1)
-        yield storage_connection_string(*ports)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as connection:
+        yield connection
 
 
 def closed_port_connection_string() -> str:
     """Storage that is not there: every port refuses connections."""
-    return storage_connection_string(free_port(), free_port(), free_port())
+    return connection_string(free_port(), free_port(), free_port())
 
 
 _loop = asyncio.new_event_loop()

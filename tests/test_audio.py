@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import io
-import os
+import random
 
 import av
 import numpy as np
@@ -56,7 +56,9 @@ def _zero_frame_wav() -> bytes:
     ("data", "error", "says"),
     [
         pytest.param(b"", EmptyAudio, "empty", id="empty-bytes"),
-        pytest.param(os.urandom(4096), UndecodableAudio, "not audio", id="random-bytes"),
+        pytest.param(
+            random.Random(4096).randbytes(4096), UndecodableAudio, "not audio", id="random-bytes"
+        ),
         pytest.param(
             b"This is not an MP3 file, just text.\n" * 40, UndecodableAudio, "not audio", id="text"
         ),

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,9 @@ def _bad_upload(tmp_path: Path, name: str, data: bytes) -> str:
         pytest.param(lambda d: [], "send audio or text", id="no-input"),
         pytest.param(lambda d: [_bad_upload(d, "e.m4a", b"")], "empty", id="empty"),
         pytest.param(
-            lambda d: [_bad_upload(d, "r.m4a", os.urandom(5000))], "not audio", id="random"
+            lambda d: [_bad_upload(d, "r.m4a", random.Random(5000).randbytes(5000))],
+            "not audio",
+            id="random",
         ),
         pytest.param(
             lambda d: [_bad_upload(d, "t.mp3", b"just some text\n" * 100)],

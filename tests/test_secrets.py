@@ -7,7 +7,6 @@ import logging
 import os
 import pty
 import select
-import socket
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.stubs import (
     managed_identity,
 )
 from tests.test_providers import STUB_REPLY
+from tools.azurite import free_port
 
 IDENTITY_HEADER = "identity-header-value"
 ACCESS_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.stub-token"
@@ -121,15 +121,9 @@ def test_a_rotated_secret_is_used_after_the_ttl(
     assert store.get("HF_API_TOKEN") == "hf_from_key_vault_v2"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_key_vault_is_reported_not_raised(identity, certificates, caplog) -> None:
     source = KeyVaultSource(
-        f"https://127.0.0.1:{_closed_port()}",
+        f"https://127.0.0.1:{free_port()}",
         CLIENT_ID,
         connection_verify=str(certificates.ca_file),
         verify_challenge_resource=False,

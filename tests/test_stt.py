@@ -4,10 +4,11 @@ import jiwer
 import numpy as np
 import pytest
 
+from bench.run import QUESTIONS as BENCH_QUESTIONS
 from shared.config import Settings
 from shared.errors import NoSpeech
 from shared.pipeline import transcribe
-from tests.conftest import QUESTIONS, phone_upload
+from tests.conftest import QUESTIONS, phone_upload, spoken
 from tools.phone_audio import PHONE_FORMATS, encode
 
 _NORMALISE = jiwer.Compose(
@@ -85,3 +86,28 @@ def test_named_models_resolve_to_the_bundled_one_or_pass_through(tmp_path) -> No
     assert resolve_model("base") == "base"
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert Settings().whisper_model == "tiny.en"
+
+
+LONGER_SPEECH = (
+    "The weather was lovely on our trip to the mountains last summer.",
+    "My neighbour has a small dog that barks every single morning.",
+    "I would like to learn how to play the piano this year.",
+    "Our train leaves the station at half past seven tomorrow.",
+    "She bought fresh bread and cheese at the market on Saturday.",
+    "Could you tell me a short story about a brave little fox?",
+)
+
+
+@pytest.mark.parametrize(
+    "sentences",
+    [
+        pytest.param(BENCH_QUESTIONS, id="14s-short-window"),
+        pytest.param(BENCH_QUESTIONS + LONGER_SPEECH, id="28s-edge-of-short-window"),
+        pytest.param(BENCH_QUESTIONS + LONGER_SPEECH + QUESTIONS, id="36s-full-windows"),
+    ],
+)
+def test_longer_speech_transcribes_accurately(sentences, settings: Settings) -> None:
+    pcm, rate = zip(*(spoken(q) for q in sentences), strict=True)
+    audio = encode(np.concatenate(pcm), rate[0], "m4a")
+    heard = transcribe(audio, request_id="test", settings=settings)
+    assert word_error_rate([" ".join(sentences)], [heard.text]) <= 0.05

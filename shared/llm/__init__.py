@@ -38,7 +38,7 @@ def get_generator(settings: Settings, secrets: SecretStore) -> ReplyGenerator:
     if provider == "local":
         from shared.llm.llamacpp import LlamaCppGenerator, load_llama
 
-        return LlamaCppGenerator(load_llama(settings.local_llm_path))
+        return LlamaCppGenerator(load_llama(settings.local_llm_path), settings.reply_max_sentences)
 
     from shared.llm.openai_chat import OpenAIChatGenerator
 

@@ -6,6 +6,7 @@ import atexit
 import importlib.util
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,21 +22,31 @@ log = logging.getLogger(__name__)
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT_TOKENS = 2048
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s+\S")
 
 
 class LlamaCppGenerator:
     name = "local"
 
-    def __init__(self, loaded: tuple[Llama, threading.Lock]) -> None:
+    def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
         self._llama, self._lock = loaded
+        self._max_sentences = max_sentences
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
+        text = ""
         # A llama.cpp context holds one sequence's state: calls must not overlap.
         with self._lock:
-            completion = self._llama.create_chat_completion(
-                messages=list(messages), max_tokens=max_tokens, temperature=temperature
+            chunks = self._llama.create_chat_completion(
+                messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True
             )
-        return completion["choices"][0]["message"]["content"] or ""
+            for chunk in chunks:
+                text += chunk["choices"][0]["delta"].get("content") or ""
+                # The reply is cut to whole sentences for speech anyway: stop generating
+                # once there are enough of them (and a word of the next, to be sure).
+                if len(_SENTENCE_END.findall(text)) > self._max_sentences:
+                    chunks.close()
+                    break
+        return text
 
 
 def bundled_gguf() -> Path:

@@ -26,6 +26,12 @@ class Transcriber(Protocol):
 
 
 def get_transcriber(settings: Settings) -> Transcriber:
+    if settings.stt_engine == "openai-whisper":
+        from shared.stt.openaiwhisper import OpenAIWhisperTranscriber, load_openai_whisper
+
+        loaded = load_openai_whisper(settings.whisper_model)
+        return OpenAIWhisperTranscriber(loaded, settings.whisper_beam_size)
+
     from shared.stt.fasterwhisper import FasterWhisperTranscriber, load_whisper_model
 
     model = load_whisper_model(settings.whisper_model, settings.whisper_compute_type)

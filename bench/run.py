@@ -1,0 +1,356 @@
+"""`make bench`: the voice round trip measured side by side, on this machine, in one run.
+
+Sections, each on the same fixed questions (spoken by the embedded voice and encoded as the
+Android app uploads them: MPEG-4/AAC at 16 kHz):
+
+- stt: the original backend's engine (openai-whisper, float32, greedy with temperature
+  fallback, no VAD) against the default (faster-whisper int8 with Silero VAD), on the same
+  tiny.en weights, interleaved, after warm-up; latency, real-time factor, word error rate
+  and, in a fresh process each, peak RSS;
+- round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines;
+- cold_start: a fresh process from `import function_app` to the first `/health` answer and
+  to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
+- throughput: requests per minute with 1, 2 and 4 concurrent requests through the three
+  activities, in a fresh process, with its peak RSS and how many times each model loaded.
+
+Results go to bench/results/latest.{json,md,png}. Nothing here asserts a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jiwer
+
+from shared.config import Settings
+from shared.pipeline import TalkRequest, talk, transcribe
+from tools.azurite import running_azurite
+from tools.phone_audio import encode, speak
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+QUESTIONS = (
+    "What is a good way to relax after a long day?",
+    "Please remind me to call my mother tomorrow morning.",
+    "How many minutes should I boil an egg?",
+    "Can you recommend a good book for a rainy weekend?",
+    "What should I cook for dinner tonight?",
+    "How do I stay focused when I work from home?",
+)
+PACKAGES = (
+    "faster-whisper",
+    "ctranslate2",
+    "openai-whisper",
+    "torch",
+    "llama_cpp_python",
+    "piper-tts",
+    "onnxruntime",
+    "av",
+    "lameenc",
+)
+_NORMALISE = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def embedded(**changes: Any) -> Settings:
+    # Greedy replies: the same question gets the same reply in every configuration, so the
+    # LLM and TTS stages compare like with like.
+    base = Settings(llm_provider="local", tts_provider="piper", llm_temperature=0.0)
+    return replace(base, **changes)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50": round(statistics.median(ordered), 1), "p95": round(p95, 1)}
+
+
+def make_clips(count: int) -> list[tuple[str, bytes, float]]:
+    """(question, m4a upload, seconds of speech) for the first `count` questions."""
+    clips = []
+    for question in QUESTIONS[:count]:
+        pcm, rate = speak(question)
+        clips.append((question, encode(pcm, rate, "m4a"), len(pcm) / rate))
+    return clips
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    return round(
+        jiwer.wer(
+            references,
+            hypotheses,
+            reference_transform=_NORMALISE,
+            hypothesis_transform=_NORMALISE,
+        ),
+        4,
+    )
+
+
+# --- speech to text -----------------------------------------------------------------------
+
+
+def bench_stt(clips: list, repeats: int, checkpoint: Path) -> dict[str, Any]:
+    engines = {
+        "openai-whisper (original)": embedded(
+            stt_engine="openai-whisper", whisper_model=str(checkpoint)
+        ),
+        "faster-whisper (ours)": embedded(),
+    }
+    for settings in engines.values():  # load and warm up
+        transcribe(clips[0][1], request_id="warmup", settings=settings)
+    latencies: dict[str, list[float]] = {name: [] for name in engines}
+    rtf: dict[str, list[float]] = {name: [] for name in engines}
+    heard: dict[str, list[str]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for _question, audio, seconds in clips:
+            for name, settings in engines.items():  # interleaved: same noise for both
+                started = time.perf_counter()
+                text = transcribe(audio, request_id="bench", settings=settings).text
+                elapsed = time.perf_counter() - started
+                latencies[name].append(elapsed * 1000)
+                rtf[name].append(elapsed / seconds)
+                heard[name].append(text)
+    references = [q for _ in range(repeats) for q, _, _ in clips]
+    results = {
+        name: {
+            "latency_ms": percentiles(latencies[name]),
+            "real_time_factor_p50": round(statistics.median(rtf[name]), 3),
+            "word_error_rate": word_error_rate(references, heard[name]),
+            "peak_rss_mb": _stt_rss(settings, clips),
+        }
+        for name, settings in engines.items()
+    }
+    original, ours = engines
+    results["speed_ratio"] = round(
+        results[original]["latency_ms"]["p50"] / results[ours]["latency_ms"]["p50"], 2
+    )
+    return results
+
+
+def _stt_rss(settings: Settings, clips: list) -> float:
+    """Peak RSS of a fresh process that loads one engine and transcribes every clip."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for index, (_, audio, _) in enumerate(clips):
+            path = Path(folder) / f"{index}.m4a"
+            path.write_bytes(audio)
+            paths.append(str(path))
+        job = {"engine": settings.stt_engine, "model": settings.whisper_model, "clips": paths}
+        return _child("stt_rss", job)["peak_rss_mb"]
+
+
+# --- the round trip -----------------------------------------------------------------------
+
+
+def bench_round_trip(clips: list, repeats: int, checkpoint: Path) -> dict[str, Any]:
+    configurations = {
+        "original STT (openai-whisper)": embedded(
+            stt_engine="openai-whisper", whisper_model=str(checkpoint)
+        ),
+        "ours (faster-whisper)": embedded(),
+    }
+    results = {}
+    for name, settings in configurations.items():
+        talk(TalkRequest(audio=clips[0][1]), settings)  # warm up every model
+        stages: dict[str, list[float]] = {"stt": [], "llm": [], "tts": [], "total": []}
+        for _ in range(repeats):
+            for _question, audio, _seconds in clips:
+                timings = talk(TalkRequest(audio=audio), settings).timings_ms
+                for stage, values in stages.items():
+                    values.append(timings[stage])
+        results[name] = {stage: percentiles(values) for stage, values in stages.items()}
+    return results
+
+
+# --- fresh processes ----------------------------------------------------------------------
+
+
+def _child(task: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run `task` in a fresh interpreter and return the JSON it prints last."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.child", task, json.dumps(job)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode:
+        raise RuntimeError(f"bench child {task} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_wall_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def bench_cold_start(clip: bytes) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".m4a") as upload:
+        upload.write(clip)
+        upload.flush()
+        return _child("cold_start", {"clip": upload.name})
+
+
+def bench_throughput(clips: list, levels: list[int], per_level: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for index, (_, audio, _) in enumerate(clips):
+            path = Path(folder) / f"{index}.m4a"
+            path.write_bytes(audio)
+            paths.append(str(path))
+        return _child("throughput", {"clips": paths, "levels": levels, "per_level": per_level})
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    stt = results["stt"]
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+        f"{results['clips']} questions x {results['repeats']} runs.",
+        "",
+        "| STT engine | p50 ms | p95 ms | real-time factor | WER | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in stt.items():
+        if name == "speed_ratio":
+            continue
+        lines.append(
+            f"| {name} | {row['latency_ms']['p50']} | {row['latency_ms']['p95']} | "
+            f"{row['real_time_factor_p50']} | {row['word_error_rate']:.1%} | {row['peak_rss_mb']} |"
+        )
+    lines += [
+        "",
+        f"Speed ratio (p50): faster-whisper is {stt['speed_ratio']}x openai-whisper.",
+        "",
+        "| round trip | STT p50/p95 | LLM p50/p95 | TTS p50/p95 | total p50/p95 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results["round_trip"].items():
+        cells = [f"{row[s]['p50']} / {row[s]['p95']}" for s in ("stt", "llm", "tts", "total")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cold = results["cold_start"]
+    lines += [
+        "",
+        f"Cold start (fresh process): first `/health` answer {cold['health_ms']} ms "
+        f"(models loaded: {cold['models_loaded_at_health']}); first `/talk` answer "
+        f"{cold['talk_ms']} ms.",
+        "",
+        "| concurrent requests | requests/min | p50 ms per request |",
+        "|---|---|---|",
+    ]
+    throughput = results["throughput"]
+    for level, row in throughput["levels"].items():
+        lines.append(f"| {level} | {row['requests_per_minute']} | {row['latency_ms']['p50']} |")
+    lines += [
+        "",
+        f"Throughput process: peak RSS {throughput['peak_rss_mb']} MB with all three models; "
+        f"model loads {throughput['model_loads']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["round_trip"])
+    figure, axes = plt.subplots(figsize=(8, 3.6))
+    left = [0.0] * len(names)
+    for stage, colour in (("stt", "#4c72b0"), ("llm", "#dd8452"), ("tts", "#55a868")):
+        values = [results["round_trip"][n][stage]["p50"] for n in names]
+        axes.barh(names, values, left=left, color=colour, label=stage.upper())
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    axes.set_xlabel("warm round trip, p50 per stage (ms)")
+    axes.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    axes.set_title(f"Voice round trip on {results['machine']['cores']} CPU cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    from tools.convert_whisper import bundled_model_dir, convert
+
+    clips = make_clips(1 if quick else len(QUESTIONS))
+    repeats = 1 if quick else 3
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "tiny.en.pt"
+        convert(bundled_model_dir(), checkpoint)
+        results = {
+            "machine": machine(),
+            "clips": len(clips),
+            "repeats": repeats,
+            "stt": bench_stt(clips, repeats, checkpoint),
+            "round_trip": bench_round_trip(clips, repeats, checkpoint),
+        }
+    # The app's storage in Azure is always there: Azurite starts outside the measurements.
+    with running_azurite() as storage:
+        os.environ["AzureWebJobsStorage"] = storage  # noqa: SIM112 - the host's own name
+        results["cold_start"] = bench_cold_start(clips[0][1])
+        results["throughput"] = bench_throughput(
+            clips, levels=[1, 2] if quick else [1, 2, 4], per_level=2 if quick else 8
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "latest.md").write_text(markdown(results))
+    chart(results, out / "latest.png")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark the voice round trip.")
+    parser.add_argument("--quick", action="store_true", help="one question, one run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    args = parser.parse_args()
+    results = run(args.quick, args.out)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The benchmark's code, on a tiny input: it runs and writes its three files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.run import run
+
+
+def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
+    results = run(quick=True, out=tmp_path)
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved) == {
+        "machine",
+        "clips",
+        "repeats",
+        "stt",
+        "round_trip",
+        "cold_start",
+        "throughput",
+    }
+    assert saved["machine"]["cores"] >= 1
+    assert set(saved["stt"]) == {
+        "openai-whisper (original)",
+        "faster-whisper (ours)",
+        "speed_ratio",
+    }
+    assert saved["cold_start"]["models_loaded_at_health"] is False
+    assert saved["cold_start"]["talk_status"] == 200
+    assert saved["throughput"]["model_loads"] == {"whisper": 1, "llm": 1, "piper": 1}
+    assert "| STT engine |" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
