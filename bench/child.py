@@ -61,23 +61,11 @@ def _first_talk(audio: bytes) -> int:
     from urllib3 import encode_multipart_formdata
 
     from talk.api import talk_start
-    from talk.orchestration import (
-        generate_activity,
-        synthesize_activity,
-        talk_orchestrator,
-        transcribe_activity,
-    )
     from tests.conftest import run_async
-    from tests.durable_host import LocalDurableHost
+    from tests.durable_host import app_durable_host
 
-    activities = {
-        "transcribe": transcribe_activity.build().get_user_function(),
-        "generate": generate_activity.build().get_user_function(),
-        "synthesize": synthesize_activity.build().get_user_function(),
-    }
-    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
     body, content_type = encode_multipart_formdata({"audio": ("recording.m4a", audio, "audio/mp4")})
-    with LocalDurableHost(orchestrators, activities) as host:
+    with app_durable_host() as host:
         request = func.HttpRequest(
             method="POST",
             url="/talk",

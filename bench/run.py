@@ -149,13 +149,22 @@ def bench_stt(clips: list, repeats: int, checkpoint: Path) -> dict[str, Any]:
 def _stt_rss(settings: Settings, clips: list) -> float:
     """Peak RSS of a fresh process that loads one engine and transcribes every clip."""
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for index, (_, audio, _) in enumerate(clips):
-            path = Path(folder) / f"{index}.m4a"
-            path.write_bytes(audio)
-            paths.append(str(path))
-        job = {"engine": settings.stt_engine, "model": settings.whisper_model, "clips": paths}
+        job = {
+            "engine": settings.stt_engine,
+            "model": settings.whisper_model,
+            "clips": _clip_files(Path(folder), clips),
+        }
         return _child("stt_rss", job)["peak_rss_mb"]
+
+
+def _clip_files(folder: Path, clips: list) -> list[str]:
+    """The clips as files, for a child process to read."""
+    paths = []
+    for index, (_, audio, _) in enumerate(clips):
+        path = folder / f"{index}.m4a"
+        path.write_bytes(audio)
+        paths.append(str(path))
+    return paths
 
 
 # --- the round trip -----------------------------------------------------------------------
@@ -212,12 +221,8 @@ def bench_cold_start(clip: bytes) -> dict[str, Any]:
 
 def bench_throughput(clips: list, levels: list[int], per_level: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for index, (_, audio, _) in enumerate(clips):
-            path = Path(folder) / f"{index}.m4a"
-            path.write_bytes(audio)
-            paths.append(str(path))
-        return _child("throughput", {"clips": paths, "levels": levels, "per_level": per_level})
+        job = {"clips": _clip_files(Path(folder), clips), "levels": levels, "per_level": per_level}
+        return _child("throughput", job)
 
 
 # --- report -------------------------------------------------------------------------------

@@ -135,19 +135,7 @@ def app_settings(monkeypatch, tmp_path, azurite) -> Iterator[pytest.MonkeyPatch]
 @pytest.fixture
 def host() -> Iterator[LocalDurableHost]:
     """The Durable extension stand-in, running the app's real orchestrator and activities."""
-    from talk.orchestration import (
-        generate_activity,
-        synthesize_activity,
-        talk_orchestrator,
-        transcribe_activity,
-    )
-    from tests.durable_host import LocalDurableHost
+    from tests.durable_host import app_durable_host
 
-    activities = {
-        "transcribe": transcribe_activity.build().get_user_function(),
-        "generate": generate_activity.build().get_user_function(),
-        "synthesize": synthesize_activity.build().get_user_function(),
-    }
-    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
-    with LocalDurableHost(orchestrators, activities) as local_host:
+    with app_durable_host() as local_host:
         yield local_host

@@ -251,3 +251,21 @@ class LocalDurableHost:
                 continue
             history.task_completed(task_id, result)
             return
+
+
+def app_durable_host() -> LocalDurableHost:
+    """A host for the Function App's own orchestrator and activities."""
+    from talk.orchestration import (
+        generate_activity,
+        synthesize_activity,
+        talk_orchestrator,
+        transcribe_activity,
+    )
+
+    activities = {
+        "transcribe": transcribe_activity.build().get_user_function(),
+        "generate": generate_activity.build().get_user_function(),
+        "synthesize": synthesize_activity.build().get_user_function(),
+    }
+    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
+    return LocalDurableHost(orchestrators, activities)

@@ -1,34 +1,15 @@
 from __future__ import annotations
 
-import jiwer
 import numpy as np
 import pytest
 
 from bench.run import QUESTIONS as BENCH_QUESTIONS
+from bench.run import word_error_rate
 from shared.config import Settings
 from shared.errors import NoSpeech
 from shared.pipeline import transcribe
 from tests.conftest import QUESTIONS, phone_upload, spoken
 from tools.phone_audio import PHONE_FORMATS, encode
-
-_NORMALISE = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
-
-
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    return jiwer.wer(
-        references,
-        hypotheses,
-        reference_transform=_NORMALISE,
-        hypothesis_transform=_NORMALISE,
-    )
 
 
 @pytest.mark.parametrize("extension", PHONE_FORMATS)
