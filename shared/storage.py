@@ -58,6 +58,36 @@ class BlobStore:
         except AzureError as error:
             raise StorageUnavailable(f"cannot read {name}: {type(error).__name__}") from None
 
+    def claim(self, name: str, value: str) -> str:
+        """Store `value` at `name` unless something is there already; return what is there.
+
+        The write is conditional (If-None-Match: *), so of two concurrent claims exactly one
+        wins and both return the winner's value.
+        """
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+
+        try:
+            try:
+                self._container.upload_blob(name, value.encode(), overwrite=False)
+            except ResourceNotFoundError:
+                self._ensure_container()
+                self._container.upload_blob(name, value.encode(), overwrite=False)
+            return value
+        except ResourceExistsError:
+            return self.get(name).decode()
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            self._container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot delete {name}: {type(error).__name__}") from None
+
     def check(self) -> None:
         """Raise StorageUnavailable unless the account answers."""
         from azure.core.exceptions import AzureError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -11,8 +12,8 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared.config import get_settings
-from shared.errors import TalkError
+from shared.config import Settings, get_settings
+from shared.errors import BadInput, TalkError
 from shared.pipeline import new_request_id
 from shared.storage import blob_store
 from shared.talk_input import parse_talk_input
@@ -28,6 +29,7 @@ bp = df.Blueprint()
 log = logging.getLogger("talk")
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}$")
+MAX_IDEMPOTENCY_KEY = 255
 _FIRST_POLL_S, _MAX_POLL_S = 0.05, 0.5
 _DONE = {
     df.OrchestrationRuntimeStatus.Completed,
@@ -51,7 +53,9 @@ async def talk_start(
         )
     try:
         settings = get_settings()
+        idempotency = idempotency_blob(req.headers.get("Idempotency-Key"))
         talk_input = parse_talk_input(req.headers.get("Content-Type"), req.get_body(), settings)
+        store = blob_store(settings)
         job: dict[str, Any] = {
             "request_id": rid,
             "text": talk_input.text,
@@ -62,10 +66,13 @@ async def talk_start(
         if talk_input.audio is not None:
             blob = f"{rid}/input.{talk_input.audio_extension}"
             # Stored before the orchestration starts: nothing the user sent is lost.
-            await asyncio.to_thread(
-                blob_store(settings).put, blob, talk_input.audio, "application/octet-stream"
-            )
+            await asyncio.to_thread(store.put, blob, talk_input.audio, "application/octet-stream")
             job["audio_blob"] = blob
+        if idempotency:
+            first = await asyncio.to_thread(store.claim, idempotency, rid)
+            if first != rid:
+                log.info("[%s] /talk retried with its Idempotency-Key: answering %s", rid, first)
+                return await _wait_and_answer(client, first, response_format, started, settings)
     except TalkError as error:
         return error_response(error.status, error.message, rid, error.code)
     log.info(
@@ -75,9 +82,35 @@ async def talk_start(
     )
     try:
         await client.start_new(ORCHESTRATOR, instance_id=rid, client_input=job)
-        status = await _wait_for_completion(client, rid, started + settings.talk_wait_seconds)
     except Exception as error:  # the Durable extension itself did not answer
         log.error("[%s] orchestration unavailable: %s", rid, type(error).__name__)
+        if idempotency:  # let a retry with the same key start afresh
+            await asyncio.to_thread(store.delete, idempotency)
+        return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
+    return await _wait_and_answer(client, rid, response_format, started, settings)
+
+
+def idempotency_blob(key: str | None) -> str | None:
+    """Where the request id for a client's `Idempotency-Key` is kept (the key hashed)."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise BadInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+    return f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+async def _wait_and_answer(
+    client: df.DurableOrchestrationClient,
+    rid: str,
+    response_format: str,
+    started: float,
+    settings: Settings,
+) -> func.HttpResponse:
+    try:
+        status = await _wait_for_completion(client, rid, started + settings.talk_wait_seconds)
+    except Exception as error:  # the Durable extension itself did not answer
+        log.error("[%s] status unavailable: %s", rid, type(error).__name__)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     return await _answer(status, rid, response_format, started)
 

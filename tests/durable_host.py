@@ -16,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from azure.durable_functions.constants import DATETIME_STRING_FORMAT
@@ -122,10 +123,16 @@ class LocalDurableHost:
         activities: dict[str, Callable[..., Any]],
         *,
         retry_delay_scale: float = 0.01,
+        crash_once: frozenset[str] = frozenset(),
     ) -> None:
         self.orchestrators = orchestrators
         self.activities = activities
         self.retry_delay_scale = retry_delay_scale
+        # Activities named here fail once, like a worker that dies mid-activity: a fault
+        # that cannot be caused from outside.
+        self._crash_once = set(crash_once)
+        # As many activities at once as host.json lets one instance run.
+        self._activity_slots = threading.Semaphore(max_concurrent_activities())
         self.instances: dict[str, dict[str, Any]] = {}
         self.activity_calls: list[str] = []
         self.started: list[str] = []
@@ -239,7 +246,9 @@ class LocalDurableHost:
             with self._lock:
                 self.activity_calls.append(name)
             try:
-                result = self.activities[name](json.loads(action["input"]))
+                with self._activity_slots:
+                    self._maybe_crash(name)
+                    result = self.activities[name](json.loads(action["input"]))
             except Exception as error:
                 history.task_failed(task_id, *activity_failure(name, error))
                 if action["actionType"] == CALL_ACTIVITY:
@@ -252,8 +261,20 @@ class LocalDurableHost:
             history.task_completed(task_id, result)
             return
 
+    def _maybe_crash(self, name: str) -> None:
+        with self._lock:
+            if name not in self._crash_once:
+                return
+            self._crash_once.discard(name)
+        raise RuntimeError(f"worker crashed while running {name}")
 
-def app_durable_host() -> LocalDurableHost:
+
+def max_concurrent_activities() -> int:
+    host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    return host["extensions"]["durableTask"]["maxConcurrentActivityFunctions"]
+
+
+def app_durable_host(**options: Any) -> LocalDurableHost:
     """A host for the Function App's own orchestrator and activities."""
     from talk.orchestration import (
         generate_activity,
@@ -268,4 +289,4 @@ def app_durable_host() -> LocalDurableHost:
         "synthesize": synthesize_activity.build().get_user_function(),
     }
     orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
-    return LocalDurableHost(orchestrators, activities)
+    return LocalDurableHost(orchestrators, activities, **options)

@@ -49,10 +49,16 @@ def test_routes_and_auth_levels() -> None:
     assert trigger(talk_result)["authLevel"] == func.AuthLevel.FUNCTION
 
 
-def test_host_json_serves_the_original_paths() -> None:
+def test_host_json_serves_the_original_paths_and_throttles_overload() -> None:
     host = json.loads((ROOT / "host.json").read_text())
-    assert host["extensions"]["http"]["routePrefix"] == ""
+    http = host["extensions"]["http"]
+    assert http["routePrefix"] == ""
     assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    # An overloaded instance answers 429 instead of queueing without bound.
+    assert http["dynamicThrottlesEnabled"] is True
+    assert 0 < http["maxConcurrentRequests"] <= http["maxOutstandingRequests"]
+    # Each activity holds a model's inference buffers: a bounded number at once.
+    assert 1 <= host["extensions"]["durableTask"]["maxConcurrentActivityFunctions"] <= 8
 
 
 def test_local_settings_sample_is_complete_and_safe() -> None:

@@ -253,3 +253,13 @@ def test_settings_are_read_only_through_the_settings_object() -> None:
         if relative not in allowed and re.search(r"os\.environ|getenv\(", path.read_text()):
             offenders.append(relative)
     assert not offenders
+
+
+def test_cors_origins_are_a_parameter_and_never_a_wildcard() -> None:
+    main = (INFRA / "main.bicep").read_text()
+    api = (INFRA / "app" / "api.bicep").read_text()
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert "param corsAllowedOrigins array" in main
+    assert "allowedOrigins: corsAllowedOrigins" in api
+    assert "*" not in json.dumps(parameters["corsAllowedOrigins"])
+    assert "'*'" not in main + api
