@@ -353,6 +353,10 @@ var appSettings = {
   TALK_WAIT_SECONDS: '60'
   SYSTEM_PROMPT: systemPrompt
   LOG_LEVEL: 'INFO'
+  CONVERSATION_TURNS: '6'
+  CONVERSATION_MAX_TURNS: '50'
+  CONVERSATION_TTL_HOURS: '24'
+  CONVERSATION_TABLE: 'conversations'
 }
 
 module api './app/api.bicep' = {

@@ -116,6 +116,11 @@ class Settings:
         "Blob endpoint for an identity-based connection.",
         env="AzureWebJobsStorage__blobServiceUri",
     )
+    storage_table_uri: str = _setting(
+        "",
+        "Table endpoint for an identity-based connection.",
+        env="AzureWebJobsStorage__tableServiceUri",
+    )
     storage_account_name: str = _setting(
         "",
         "Storage account for an identity-based connection.",
@@ -130,6 +135,16 @@ class Settings:
         "", "Client id of the identity for storage.", env="AzureWebJobsStorage__clientId"
     )
     log_level: str = _setting("INFO", "Python logging level.")
+    conversation_turns: int = _setting(6, "Past turns of a conversation sent with a question.")
+    conversation_max_turns: int = _setting(50, "Most turns a conversation keeps.")
+    conversation_ttl_hours: float = _setting(
+        24.0, "A conversation is forgotten this long after its last turn."
+    )
+    conversation_table: str = _setting("conversations", "Table for conversations.")
+    conversation_dir: str = _setting(
+        "~/.cache/talk/conversations",
+        "Where `python -m talk` keeps conversations when no storage is configured.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -153,6 +168,9 @@ class Settings:
             "max_text_chars",
             "whisper_beam_size",
             "llm_max_tokens",
+            "conversation_turns",
+            "conversation_max_turns",
+            "conversation_ttl_hours",
         )
         for name in positive:
             if getattr(self, name) <= 0:

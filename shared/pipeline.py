@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.audio import decode_audio
 from shared.config import Settings
+from shared.conversations import conversation_store, new_turn
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
 from shared.llm import build_messages, get_generator
 from shared.llm.speech_text import clean_for_speech
@@ -59,6 +61,7 @@ class TalkRequest:
     voice: str | None = None
     language: str | None = None
     system_prompt: str | None = None
+    conversation_id: str | None = None
     request_id: str = field(default_factory=new_request_id)
 
 
@@ -71,6 +74,7 @@ class TalkResult:
     mp3: bytes
     timings_ms: dict[str, int]
     providers: dict[str, str | None]
+    conversation_id: str | None = None
 
 
 def transcribe(
@@ -105,6 +109,7 @@ def generate(
     settings: Settings,
     system_prompt: str | None = None,
     secrets: SecretStore | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Reply:
     question = question.strip()
     if not question:
@@ -115,7 +120,9 @@ def generate(
         )
     started = time.perf_counter()
     generator = get_generator(settings, secrets or default_secrets(settings))
-    messages = build_messages(system_prompt or settings.system_prompt, question)
+    messages = build_messages(
+        system_prompt or settings.system_prompt, question, history, generator.context_chars
+    )
     # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
     for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
         raw = generator.generate(
@@ -175,16 +182,27 @@ def talk(
         question = request.text
     else:
         raise NoInput("send audio or text")
+    conversations = conversation_store(settings) if request.conversation_id else None
+    history = []
+    if conversations and request.conversation_id:
+        turns = conversations.turns(request.conversation_id)[-settings.conversation_turns :]
+        history = [(turn.question, turn.reply) for turn in turns]
     reply = generate(
         question,
         request_id=rid,
         settings=settings,
         system_prompt=request.system_prompt,
         secrets=secrets,
+        history=history,
     )
     speech = synthesize(
         reply.text, request_id=rid, settings=settings, voice=request.voice, secrets=secrets
     )
+    if conversations and request.conversation_id:
+        language = heard.language if heard else request.language
+        conversations.append(
+            request.conversation_id, new_turn(rid, question.strip(), reply.text, language)
+        )
     total = time.perf_counter() - started
     log_success(rid, total, len(reply.text), len(speech.mp3))
     return TalkResult(
@@ -204,6 +222,7 @@ def talk(
             "llm": reply.provider,
             "tts": speech.provider,
         },
+        conversation_id=request.conversation_id,
     )
 
 

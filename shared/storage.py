@@ -16,6 +16,8 @@ from shared.errors import TalkError
 from shared.lazy import load_once
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient, ContainerClient
 
 log = logging.getLogger(__name__)
@@ -110,38 +112,51 @@ class BlobStore:
                 self._created = True
 
 
-def blob_service(settings: Settings, **client_options: object) -> BlobServiceClient:
-    from azure.storage.blob import BlobServiceClient, LinearRetry
+def _client_options(**overrides: object) -> dict[str, object]:
+    from azure.storage.blob import LinearRetry
 
     # Fail fast: the SDK's default backoff (15 s, then 45 s) outlasts the phone's patience.
     retry = LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=2)
-    options = {
-        "connection_timeout": 5,
-        "read_timeout": 30,
-        "retry_policy": retry,
-        **client_options,
-    }
-    if settings.storage_connection:
-        return BlobServiceClient.from_connection_string(settings.storage_connection, **options)
-    account_url = settings.storage_blob_uri or (
-        f"https://{settings.storage_account_name}.blob.core.windows.net"
-        if settings.storage_account_name
-        else ""
-    )
-    if not account_url:
-        raise StorageUnavailable(
-            "storage is not configured: set AzureWebJobsStorage or "
-            "AzureWebJobsStorage__blobServiceUri"
-        )
+    return {"connection_timeout": 5, "read_timeout": 30, "retry_policy": retry, **overrides}
+
+
+def _identity_credential(settings: Settings) -> TokenCredential:
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
     if settings.storage_credential.lower() == "managedidentity":
-        credential = ManagedIdentityCredential(client_id=settings.storage_client_id or None)
-    else:
-        credential = DefaultAzureCredential(
-            managed_identity_client_id=settings.storage_client_id or None
-        )
-    return BlobServiceClient(account_url, credential=credential, **options)
+        return ManagedIdentityCredential(client_id=settings.storage_client_id or None)
+    return DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id or None)
+
+
+def _account_url(settings: Settings, service: str, explicit: str) -> str:
+    if explicit:
+        return explicit
+    if settings.storage_account_name:
+        return f"https://{settings.storage_account_name}.{service}.core.windows.net"
+    raise StorageUnavailable(
+        "storage is not configured: set AzureWebJobsStorage or "
+        f"AzureWebJobsStorage__{service}ServiceUri"
+    )
+
+
+def blob_service(settings: Settings, **client_options: object) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
+    options = _client_options(**client_options)
+    if settings.storage_connection:
+        return BlobServiceClient.from_connection_string(settings.storage_connection, **options)
+    account_url = _account_url(settings, "blob", settings.storage_blob_uri)
+    return BlobServiceClient(account_url, credential=_identity_credential(settings), **options)
+
+
+def table_service(settings: Settings) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
+    options = {"connection_timeout": 5, "read_timeout": 30, "retry_total": 2}
+    if settings.storage_connection:
+        return TableServiceClient.from_connection_string(settings.storage_connection, **options)
+    endpoint = _account_url(settings, "table", settings.storage_table_uri)
+    return TableServiceClient(endpoint, credential=_identity_credential(settings), **options)
 
 
 @load_once

@@ -18,6 +18,7 @@ from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from shared.config import Settings
+from shared.conversations import validate_conversation_id
 from shared.errors import AudioTooLarge, BadInput, NoInput, TextTooLong
 
 # Extensions a stored upload may get; anything else is stored as `.bin`.
@@ -54,7 +55,7 @@ _CONTENT_TYPE_EXTENSIONS = {
     "audio/wave": "wav",
 }
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
-_FIELDS = ("text", "prompt", "voice", "language", "system_prompt")
+_FIELDS = ("text", "prompt", "voice", "language", "system_prompt", "conversation_id")
 MAX_FIELD_CHARS = 200  # voice, language: short names
 # Room for the multipart framing and text fields around the largest allowed audio.
 _FRAMING_BYTES = 64 * 1024
@@ -73,10 +74,19 @@ class TalkInput:
     voice: str | None
     language: str | None
     system_prompt: str | None
+    conversation_id: str | None = None
 
 
-def parse_talk_input(content_type: str | None, body: bytes, settings: Settings) -> TalkInput:
-    """The validated request, or the typed error (415, 413, 400) that says what is wrong."""
+def parse_talk_input(
+    content_type: str | None,
+    body: bytes,
+    settings: Settings,
+    conversation_header: str | None = None,
+) -> TalkInput:
+    """The validated request, or the typed error (415, 413, 400) that says what is wrong.
+
+    `conversation_header` is `X-Conversation-Id`, an alternative to the body's field.
+    """
     mimetype, options = parse_options_header(content_type or "")
     mimetype = mimetype.lower()
     if len(body) > settings.max_audio_bytes + _FRAMING_BYTES:
@@ -95,6 +105,8 @@ def parse_talk_input(content_type: str | None, body: bytes, settings: Settings) 
             f"content type {shown} is not supported: send multipart/form-data, "
             "application/json or audio/*"
         )
+    if conversation_header is not None and not fields.get("conversation_id"):
+        fields["conversation_id"] = conversation_header
     return _validated(fields, audio, extension, settings)
 
 
@@ -170,6 +182,7 @@ def _validated(
         voice=voice,
         language=language,
         system_prompt=system_prompt,
+        conversation_id=validate_conversation_id(fields.get("conversation_id")),
     )
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import time
+from dataclasses import asdict
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from shared.config import Settings, get_settings
+from shared.conversations import conversation_store, validate_conversation_id
 from shared.errors import BadInput, TalkError
 from shared.pipeline import new_request_id
 from shared.storage import blob_store
@@ -54,7 +57,12 @@ async def talk_start(
     try:
         settings = get_settings()
         idempotency = idempotency_blob(req.headers.get("Idempotency-Key"))
-        talk_input = parse_talk_input(req.headers.get("Content-Type"), req.get_body(), settings)
+        talk_input = parse_talk_input(
+            req.headers.get("Content-Type"),
+            req.get_body(),
+            settings,
+            req.headers.get("X-Conversation-Id"),
+        )
         store = blob_store(settings)
         job: dict[str, Any] = {
             "request_id": rid,
@@ -62,6 +70,8 @@ async def talk_start(
             "voice": talk_input.voice,
             "language": talk_input.language,
             "system_prompt": talk_input.system_prompt,
+            "conversation_id": talk_input.conversation_id,
+            "history_turns": settings.conversation_turns,
         }
         if talk_input.audio is not None:
             blob = f"{rid}/input.{talk_input.audio_extension}"
@@ -177,3 +187,29 @@ async def _answer(
         # What the caller waited, which is what the app feels.
         output["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000)
     return reply_response(output, mp3, response_format)
+
+
+@bp.route(
+    route="talk/conversations/{conversation_id}",
+    methods=["GET", "DELETE"],
+    auth_level=func.AuthLevel.FUNCTION,
+)
+def talk_conversation(req: func.HttpRequest) -> func.HttpResponse:
+    """`GET` a conversation's turns, so an app can show the chat; `DELETE` forgets it."""
+    try:
+        conversation_id = validate_conversation_id(req.route_params.get("conversation_id"))
+        if conversation_id is None:
+            raise BadInput("conversation_id is empty")
+        store = conversation_store(get_settings())
+        if req.method == "DELETE":
+            if not store.delete(conversation_id):
+                return error_response(404, "unknown conversation", None, "not_found")
+            log.info("Conversation %s forgotten", conversation_id)
+            return func.HttpResponse(status_code=204)
+        turns = store.turns(conversation_id)
+    except TalkError as error:
+        return error_response(error.status, error.message, None, error.code)
+    if not turns:
+        return error_response(404, "unknown conversation", None, "not_found")
+    body = {"conversation_id": conversation_id, "turns": [asdict(turn) for turn in turns]}
+    return func.HttpResponse(json.dumps(body, ensure_ascii=False), mimetype="application/json")

@@ -13,6 +13,7 @@ from pathlib import Path
 import dotenv
 
 from shared.config import Settings, get_settings
+from shared.conversations import validate_conversation_id
 from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text", help="ask in writing instead of with audio")
     parser.add_argument("--voice", help="voice persona (Kim, Milla, John, Lily) or voice id")
     parser.add_argument("--language", help="language of the speech, e.g. en or fi")
+    parser.add_argument(
+        "--conversation-id", help="remember this conversation's last turns (letters, digits, -, _)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("reply.mp3"), help="where to write the MP3"
     )
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 text=args.text,
                 voice=args.voice,
                 language=args.language,
+                conversation_id=args.conversation_id,
             )
         else:
             secrets = default_secrets(settings)
@@ -113,7 +118,13 @@ def _request(args: argparse.Namespace) -> TalkRequest:
             audio = args.audio_file.read_bytes()
         except OSError as error:
             raise BadInput(f"cannot read {args.audio_file}: {error.strerror}") from None
-    return TalkRequest(audio=audio, text=args.text, voice=args.voice, language=args.language)
+    return TalkRequest(
+        audio=audio,
+        text=args.text,
+        voice=args.voice,
+        language=args.language,
+        conversation_id=validate_conversation_id(args.conversation_id),
+    )
 
 
 def _as_json(result: TalkResult) -> str:
@@ -127,6 +138,7 @@ def _as_json(result: TalkResult) -> str:
             "audio_format": "mp3",
             "timings_ms": result.timings_ms,
             "providers": result.providers,
+            **({"conversation_id": result.conversation_id} if result.conversation_id else {}),
         },
         ensure_ascii=False,
     )

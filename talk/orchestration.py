@@ -18,6 +18,7 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared.config import get_settings
+from shared.conversations import Turn, conversation_store
 from shared.errors import BadInput, ConfigError, TalkError, error_payload
 from shared.pipeline import generate, synthesize, transcribe
 from shared.storage import blob_store
@@ -87,16 +88,45 @@ def talk_orchestrator(
                 {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
             )
         question = heard["text"] if heard else job["text"]
+        conversation_id = job.get("conversation_id")
+        history = []
+        if conversation_id:
+            remembered = yield from _call(
+                context,
+                "load_history",
+                {"conversation_id": conversation_id, "turns": job["history_turns"]},
+            )
+            history = remembered["history"]
         reply = yield from _call(
             context,
             "generate",
-            {"request_id": rid, "question": question, "system_prompt": job.get("system_prompt")},
+            {
+                "request_id": rid,
+                "question": question,
+                "system_prompt": job.get("system_prompt"),
+                "history": history,
+            },
         )
         speech = yield from _call(
             context,
             "synthesize",
             {"request_id": rid, "text": reply["text"], "voice": job.get("voice")},
         )
+        if conversation_id:
+            yield from _call(
+                context,
+                "save_turn",
+                {
+                    "conversation_id": conversation_id,
+                    "request_id": rid,
+                    "question": question,
+                    "reply": reply["text"],
+                    "language": heard["language"] if heard else job.get("language"),
+                    # The orchestration's clock, not the activity's: a retried save of
+                    # this turn writes the same entity instead of a second copy.
+                    "at": context.current_utc_datetime.isoformat(),
+                },
+            )
     except _Refused as refused:
         return {"request_id": rid, "error": refused.error}
     except Exception as error:  # a task that failed after its retries
@@ -120,6 +150,7 @@ def talk_orchestrator(
             "llm": reply["provider"],
             "tts": speech["provider"],
         },
+        "conversation_id": conversation_id,
     }
 
 
@@ -162,6 +193,7 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
             request_id=job["request_id"],
             settings=get_settings(),
             system_prompt=job.get("system_prompt"),
+            history=[tuple(turn) for turn in job.get("history", [])],
         )
         return {"text": reply.text, "elapsed_ms": reply.elapsed_ms, "provider": reply.provider}
 
@@ -184,5 +216,28 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
             "elapsed_ms": speech.elapsed_ms,
             "provider": speech.provider,
         }
+
+    return _stage(work)
+
+
+@bp.function_name("load_history")
+@bp.activity_trigger(input_name="job")
+def load_history_activity(job: dict[str, Any]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        turns = conversation_store(get_settings()).turns(job["conversation_id"])
+        return {"history": [[t.question, t.reply] for t in turns[-job["turns"] :]]}
+
+    return _stage(work)
+
+
+@bp.function_name("save_turn")
+@bp.activity_trigger(input_name="job")
+def save_turn_activity(job: dict[str, Any]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        turn = Turn(
+            job["request_id"], job["question"], job["reply"], job.get("language"), job["at"]
+        )
+        conversation_store(get_settings()).append(job["conversation_id"], turn)
+        return {"saved": True}
 
     return _stage(work)

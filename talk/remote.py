@@ -37,12 +37,14 @@ def ask_backend(
     text: str | None,
     voice: str | None,
     language: str | None,
+    conversation_id: str | None = None,
 ) -> TalkResult:
     base = url.rstrip("/")
     headers = {"Accept": "application/json"}
     if key:
         headers["x-functions-key"] = key
-    fields = {k: v for k, v in {"voice": voice, "language": language}.items() if v}
+    given = {"voice": voice, "language": language, "conversation_id": conversation_id}
+    fields = {k: v for k, v in given.items() if v}
     session = requests.Session()
     try:
         if audio_file is not None:
@@ -114,4 +116,5 @@ def _result(body: dict[str, Any]) -> TalkResult:
         mp3=mp3,
         timings_ms=body.get("timings_ms", {}),
         providers=body.get("providers", {}),
+        conversation_id=body.get("conversation_id"),
     )

@@ -69,6 +69,8 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
             headers["X-Transcript"] = quote(output["transcript"], safe="")
         if output["language"]:
             headers["X-Language"] = output["language"]
+        if output.get("conversation_id"):
+            headers["X-Conversation-Id"] = output["conversation_id"]
         response = func.HttpResponse(mp3, status_code=200, mimetype=MP3, headers=headers)
     else:
         body = {
@@ -81,6 +83,8 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
             "timings_ms": timings,
             "providers": output["providers"],
         }
+        if output.get("conversation_id"):
+            body["conversation_id"] = output["conversation_id"]
         response = func.HttpResponse(
             json.dumps(body, ensure_ascii=False), status_code=200, mimetype=JSON, headers=headers
         )

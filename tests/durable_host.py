@@ -278,6 +278,8 @@ def app_durable_host(**options: Any) -> LocalDurableHost:
     """A host for the Function App's own orchestrator and activities."""
     from talk.orchestration import (
         generate_activity,
+        load_history_activity,
+        save_turn_activity,
         synthesize_activity,
         talk_orchestrator,
         transcribe_activity,
@@ -287,6 +289,8 @@ def app_durable_host(**options: Any) -> LocalDurableHost:
         "transcribe": transcribe_activity.build().get_user_function(),
         "generate": generate_activity.build().get_user_function(),
         "synthesize": synthesize_activity.build().get_user_function(),
+        "load_history": load_history_activity.build().get_user_function(),
+        "save_turn": save_turn_activity.build().get_user_function(),
     }
     orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
     return LocalDurableHost(orchestrators, activities, **options)

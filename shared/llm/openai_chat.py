@@ -11,6 +11,9 @@ from shared.llm import ChatMessage
 
 
 class OpenAIChatGenerator:
+    # Chat models served this way have contexts of 8k tokens and more.
+    context_chars = 24_000
+
     def __init__(self, http: ProviderHttp, model: str) -> None:
         self.name = http.provider
         self._http = http
