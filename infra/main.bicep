@@ -84,6 +84,24 @@ param alwaysReadyInstances int = 1
 @maxValue(365)
 param audioRetentionDays int = 7
 
+@description('Hours a cached reply or its speech is reused; the cache container\'s lifecycle rule deletes entries a day or so later.')
+@minValue(1)
+param cacheTtlHours int = 168
+
+@description('Reuse synthesized speech for a repeated reply: on or off.')
+@allowed([
+  'on'
+  'off'
+])
+param ttsCache string = 'on'
+
+@description('Reuse the reply to a repeated question (never within a conversation): on or off.')
+@allowed([
+  'on'
+  'off'
+])
+param llmCache string = 'off'
+
 @description('Browser origins allowed to call the API (CORS), e.g. [\'https://app.example.com\']. Never \'*\'; empty allows no cross-origin browser calls.')
 param corsAllowedOrigins array = []
 
@@ -161,6 +179,7 @@ var tags = { 'azd-env-name': environmentName }
 var resolvedFunctionAppName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var talkContainerName = 'talk-audio'
+var cacheContainerName = 'talk-cache'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -236,6 +255,10 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
           name: talkContainerName
           publicAccess: 'None'
         }
+        {
+          name: cacheContainerName
+          publicAccess: 'None'
+        }
       ]
     }
     // Uploaded questions and spoken replies are transient: delete them after
@@ -259,6 +282,29 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
             baseBlob: {
               delete: {
                 daysAfterModificationGreaterThan: audioRetentionDays
+              }
+            }
+          }
+        }
+      }
+      {
+        // Cached speech and replies: the app stops using an entry after cacheTtlHours.
+        name: 'delete-old-cache-entries'
+        enabled: true
+        type: 'Lifecycle'
+        definition: {
+          filters: {
+            blobTypes: [
+              'blockBlob'
+            ]
+            prefixMatch: [
+              '${cacheContainerName}/'
+            ]
+          }
+          actions: {
+            baseBlob: {
+              delete: {
+                daysAfterModificationGreaterThan: (cacheTtlHours + 23) / 24
               }
             }
           }
@@ -357,6 +403,10 @@ var appSettings = {
   CONVERSATION_MAX_TURNS: '50'
   CONVERSATION_TTL_HOURS: '24'
   CONVERSATION_TABLE: 'conversations'
+  TALK_CACHE_CONTAINER: cacheContainerName
+  TTS_CACHE: ttsCache
+  LLM_CACHE: llmCache
+  CACHE_TTL_HOURS: string(cacheTtlHours)
 }
 
 module api './app/api.bicep' = {

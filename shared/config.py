@@ -105,6 +105,14 @@ class Settings:
     azure_client_id: str = _setting("", "Client id of the user-assigned managed identity.")
     secret_ttl_seconds: float = _setting(300.0, "How long a secret is cached before re-reading.")
     talk_container: str = _setting("talk-audio", "Blob container for uploads and replies.")
+    talk_cache_container: str = _setting(
+        "talk-cache", "Blob container for cached speech and replies."
+    )
+    tts_cache: str = _setting("on", "`on` reuses synthesized speech for a repeated reply.")
+    llm_cache: str = _setting(
+        "off", "`on` reuses the reply to a repeated question (never within a conversation)."
+    )
+    cache_ttl_hours: float = _setting(168.0, "How long a cached entry is used.")
     talk_wait_seconds: float = _setting(
         60.0, "How long `POST /talk` waits for the reply before answering 202."
     )
@@ -161,6 +169,18 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def storage_configured(self) -> bool:
+        """Whether an Azure Storage account (or Azurite) is set up for the app."""
+        return any(
+            (
+                self.storage_connection,
+                self.storage_blob_uri,
+                self.storage_table_uri,
+                self.storage_account_name,
+            )
+        )
+
     def validate(self) -> None:
         positive = (
             "max_audio_bytes",
@@ -171,6 +191,7 @@ class Settings:
             "conversation_turns",
             "conversation_max_turns",
             "conversation_ttl_hours",
+            "cache_ttl_hours",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -185,6 +206,8 @@ class Settings:
         _one_of("LLM_PROVIDER", self.llm_provider, ("auto", "huggingface", "openai", "local"))
         _one_of("TTS_PROVIDER", self.tts_provider, ("auto", "elevenlabs", "piper"))
         _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))
+        _one_of("TTS_CACHE", self.tts_cache, ("on", "off"))
+        _one_of("LLM_CACHE", self.llm_cache, ("on", "off"))
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
             raise ConfigError("LLM_PROVIDER=openai needs LLM_BASE_URL and LLM_MODEL")
         for name in ("elevenlabs_stability", "elevenlabs_similarity_boost"):

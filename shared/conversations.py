@@ -217,7 +217,7 @@ def _turn_from(entity: dict[str, Any]) -> Turn:
 def conversation_store(settings: Settings) -> ConversationStore:
     """Table Storage when the app has storage configured, JSON files otherwise."""
     ttl_s = settings.conversation_ttl_hours * 3600
-    if settings.storage_connection or settings.storage_table_uri or settings.storage_account_name:
+    if settings.storage_configured:
         table = table_service(settings).get_table_client(settings.conversation_table)
         return TableConversationStore(table, settings.conversation_max_turns, ttl_s)
     folder = Path(settings.conversation_dir).expanduser()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.audio import decode_audio
+from shared.cache import cache_key, response_cache
 from shared.config import Settings
 from shared.conversations import conversation_store, new_turn
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
@@ -45,6 +46,7 @@ class Reply:
     text: str
     elapsed_ms: int
     provider: str
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Speech:
     mp3: bytes
     elapsed_ms: int
     provider: str
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class TalkResult:
     timings_ms: dict[str, int]
     providers: dict[str, str | None]
     conversation_id: str | None = None
+    cache: list[str] = field(default_factory=list)
 
 
 def transcribe(
@@ -120,9 +124,27 @@ def generate(
         )
     started = time.perf_counter()
     generator = get_generator(settings, secrets or default_secrets(settings))
-    messages = build_messages(
-        system_prompt or settings.system_prompt, question, history, generator.context_chars
+    system_prompt = system_prompt or settings.system_prompt
+    # A warm assistant need not say the same thing twice: replies are cached only on request,
+    # and never within a conversation.
+    cache = response_cache(settings) if settings.llm_cache == "on" and not history else None
+    key = cache_key(
+        "llm",
+        {
+            "provider": generator.name,
+            "model": generator.model,
+            "system_prompt": system_prompt,
+            "temperature": settings.llm_temperature,
+            "max_tokens": settings.llm_max_tokens,
+            "max_sentences": settings.reply_max_sentences,
+        },
+        question.lower(),
     )
+    if cache and (hit := cache.get(key)) is not None:
+        elapsed = time.perf_counter() - started
+        log.info("[%s] LLM cache hit in %.2fs chars=%d", request_id, elapsed, len(hit))
+        return Reply(hit.decode(), _ms(elapsed), generator.name, cached=True)
+    messages = build_messages(system_prompt, question, history, generator.context_chars)
     # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
     for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
         raw = generator.generate(
@@ -133,6 +155,8 @@ def generate(
             break
     else:
         raise ProviderError(generator.name, "the model gave an empty reply")
+    if cache:
+        cache.put(key, text.encode(), "text/plain; charset=utf-8")
     elapsed = time.perf_counter() - started
     log.info("[%s] LLM reply in %.2fs chars=%d", request_id, elapsed, len(text))
     return Reply(text=text, elapsed_ms=_ms(elapsed), provider=generator.name)
@@ -148,6 +172,11 @@ def synthesize(
 ) -> Speech:
     started = time.perf_counter()
     synthesizer = get_synthesizer(settings, secrets or default_secrets(settings))
+    cache = response_cache(settings) if settings.tts_cache == "on" else None
+    if cache and (hit := cache.get(cache_key("tts", synthesizer.identity(voice), text))):
+        elapsed = time.perf_counter() - started
+        log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
+        return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
     try:
         mp3 = synthesizer.synthesize(text, voice=voice)
     except (ProviderError, MissingSecret) as error:
@@ -161,6 +190,8 @@ def synthesize(
         )
         synthesizer = embedded_synthesizer(settings)
         mp3 = synthesizer.synthesize(text, voice=voice)
+    if cache:
+        cache.put(cache_key("tts", synthesizer.identity(voice), text), mp3, "audio/mpeg")
     elapsed = time.perf_counter() - started
     log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
     return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
@@ -223,6 +254,7 @@ def talk(
             "tts": speech.provider,
         },
         conversation_id=request.conversation_id,
+        cache=[stage for stage, result in (("llm", reply), ("tts", speech)) if result.cached],
     )
 
 

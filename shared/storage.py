@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from shared.config import Settings
@@ -28,6 +30,13 @@ class StorageUnavailable(TalkError):
     code = "storage_unavailable"
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    data: bytes
+    metadata: dict[str, str]
+    last_modified: datetime
+
+
 class BlobStore:
     def __init__(self, service: BlobServiceClient, container: str) -> None:
         self._service = service
@@ -36,49 +45,68 @@ class BlobStore:
         self._created = False
         self._lock = threading.Lock()
 
-    def put(self, name: str, data: bytes, content_type: str) -> None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+    def put(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        overwrite: bool = True,
+    ) -> bool:
+        """Store `data`; without `overwrite`, False when something is there already.
+
+        A blob is written in one request, so readers never see half of it, and a
+        conditional write (If-None-Match: *) lets exactly one of two concurrent writers win.
+        """
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
         from azure.storage.blob import ContentSettings
 
-        content = ContentSettings(content_type=content_type)
+        options = {
+            "overwrite": overwrite,
+            "content_settings": ContentSettings(content_type=content_type),
+            "metadata": metadata,
+        }
         try:
             try:
-                self._container.upload_blob(name, data, overwrite=True, content_settings=content)
+                self._container.upload_blob(name, data, **options)
             except ResourceNotFoundError:
                 self._ensure_container()
-                self._container.upload_blob(name, data, overwrite=True, content_settings=content)
+                self._container.upload_blob(name, data, **options)
+            return True
+        except ResourceExistsError:
+            return False
         except AzureError as error:
             raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
 
     def get(self, name: str) -> bytes:
+        stored = self.fetch(name)
+        if stored is None:
+            raise StorageUnavailable(f"{name} is missing from storage")
+        return stored.data
+
+    def fetch(self, name: str) -> StoredBlob | None:
+        """The blob with its metadata and age, or None if there is none."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            return self._container.download_blob(name).readall()
+            download = self._container.download_blob(name)
+            data = download.readall()
         except ResourceNotFoundError:
-            raise StorageUnavailable(f"{name} is missing from storage") from None
+            return None
         except AzureError as error:
             raise StorageUnavailable(f"cannot read {name}: {type(error).__name__}") from None
+        properties = download.properties
+        return StoredBlob(data, dict(properties.metadata or {}), properties.last_modified)
 
     def claim(self, name: str, value: str) -> str:
         """Store `value` at `name` unless something is there already; return what is there.
 
-        The write is conditional (If-None-Match: *), so of two concurrent claims exactly one
-        wins and both return the winner's value.
+        Of two concurrent claims exactly one wins, and both return the winner's value.
         """
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-
-        try:
-            try:
-                self._container.upload_blob(name, value.encode(), overwrite=False)
-            except ResourceNotFoundError:
-                self._ensure_container()
-                self._container.upload_blob(name, value.encode(), overwrite=False)
+        if self.put(name, value.encode(), "text/plain", overwrite=False):
             return value
-        except ResourceExistsError:
-            return self.get(name).decode()
-        except AzureError as error:
-            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
+        return self.get(name).decode()
 
     def delete(self, name: str) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -160,6 +188,12 @@ def table_service(settings: Settings) -> TableServiceClient:
 
 
 @load_once
-def blob_store(settings: Settings) -> BlobStore:
-    """The process's store for these settings: one pooled client, made on first use."""
-    return BlobStore(blob_service(settings), settings.talk_container)
+def blob_store(settings: Settings, container: str = "") -> BlobStore:
+    """The process's store for a container (`TALK_CONTAINER` by default), made on first use;
+    all containers share one pooled client."""
+    return BlobStore(_shared_blob_service(settings), container or settings.talk_container)
+
+
+@load_once
+def _shared_blob_service(settings: Settings) -> BlobServiceClient:
+    return blob_service(settings)

@@ -138,6 +138,7 @@ def _as_json(result: TalkResult) -> str:
             "audio_format": "mp3",
             "timings_ms": result.timings_ms,
             "providers": result.providers,
+            "cache": result.cache,
             **({"conversation_id": result.conversation_id} if result.conversation_id else {}),
         },
         ensure_ascii=False,

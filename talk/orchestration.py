@@ -151,6 +151,7 @@ def talk_orchestrator(
             "tts": speech["provider"],
         },
         "conversation_id": conversation_id,
+        "cache": [stage for stage, result in (("llm", reply), ("tts", speech)) if result["cached"]],
     }
 
 
@@ -195,7 +196,12 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
             system_prompt=job.get("system_prompt"),
             history=[tuple(turn) for turn in job.get("history", [])],
         )
-        return {"text": reply.text, "elapsed_ms": reply.elapsed_ms, "provider": reply.provider}
+        return {
+            "text": reply.text,
+            "elapsed_ms": reply.elapsed_ms,
+            "provider": reply.provider,
+            "cached": reply.cached,
+        }
 
     return _stage(work)
 
@@ -215,6 +221,7 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
             "bytes": len(speech.mp3),
             "elapsed_ms": speech.elapsed_ms,
             "provider": speech.provider,
+            "cached": speech.cached,
         }
 
     return _stage(work)

@@ -117,4 +117,5 @@ def _result(body: dict[str, Any]) -> TalkResult:
         timings_ms=body.get("timings_ms", {}),
         providers=body.get("providers", {}),
         conversation_id=body.get("conversation_id"),
+        cache=body.get("cache", []),
     )

@@ -59,6 +59,7 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
     timings = output["timings_ms"]
     headers = {
         "X-Request-Id": rid,
+        "X-Cache": ",".join(output.get("cache", [])) or "none",
         "Server-Timing": ", ".join(
             f"{stage};dur={timings[stage]}" for stage in ("stt", "llm", "tts", "total")
         ),
@@ -82,6 +83,7 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
             "language": output["language"],
             "timings_ms": timings,
             "providers": output["providers"],
+            "cache": output.get("cache", []),
         }
         if output.get("conversation_id"):
             body["conversation_id"] = output["conversation_id"]

@@ -108,12 +108,21 @@ def run_async(coroutine: Awaitable[T], timeout: float = 180) -> T:
 
 def reset_app_caches() -> None:
     """Forget settings and the clients made from them, after the environment changed."""
+    from shared.cache import response_cache
+    from shared.conversations import conversation_store
     from shared.lazy import OnceLoader
     from shared.providers import default_secrets
-    from shared.storage import blob_store
+    from shared.storage import _shared_blob_service, blob_store
 
     get_settings.cache_clear()
-    for loader in (default_secrets, blob_store):
+    loaders = (
+        default_secrets,
+        blob_store,
+        _shared_blob_service,
+        conversation_store,
+        response_cache,
+    )
+    for loader in loaders:
         assert isinstance(loader, OnceLoader)
         loader.clear()
 

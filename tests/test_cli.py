@@ -20,6 +20,7 @@ JSON_KEYS = {
     "audio_format",
     "timings_ms",
     "providers",
+    "cache",
 }
 
 

@@ -47,6 +47,7 @@ ANSWER_KEYS = {
     "language",
     "timings_ms",
     "providers",
+    "cache",
 }
 
 

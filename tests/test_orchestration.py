@@ -33,8 +33,14 @@ HEARD = {
     "elapsed_ms": 300,
     "provider": "faster-whisper",
 }
-REPLY = {"text": "I am well, thank you.", "elapsed_ms": 400, "provider": "local"}
-SPEECH = {"blob": f"{RID}/reply.mp3", "bytes": 12345, "elapsed_ms": 200, "provider": "piper"}
+REPLY = {"text": "I am well, thank you.", "elapsed_ms": 400, "provider": "local", "cached": False}
+SPEECH = {
+    "blob": f"{RID}/reply.mp3",
+    "bytes": 12345,
+    "elapsed_ms": 200,
+    "provider": "piper",
+    "cached": False,
+}
 
 
 def run_episode(history: History) -> tuple[dict, list[dict]]:
@@ -99,6 +105,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "timings_ms": {"stt": 300, "llm": 400, "tts": 200, "total": output["timings_ms"]["total"]},
         "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
         "conversation_id": None,
+        "cache": [],
     }
     assert output["timings_ms"]["total"] >= 0
 

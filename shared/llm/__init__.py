@@ -19,6 +19,7 @@ class ChatMessage(TypedDict):
 class ReplyGenerator(Protocol):
     name: str
     context_chars: int  # how much chat (about 3 to 4 characters a token) fits the model
+    model: str
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         """The model's raw reply to the chat `messages`."""

@@ -33,6 +33,7 @@ class LlamaCppGenerator:
     def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
         self._llama, self._lock = loaded
         self._max_sentences = max_sentences
+        self.model = Path(self._llama.model_path).name
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         text = ""

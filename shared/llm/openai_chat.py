@@ -17,13 +17,13 @@ class OpenAIChatGenerator:
     def __init__(self, http: ProviderHttp, model: str) -> None:
         self.name = http.provider
         self._http = http
-        self._model = model
+        self.model = model
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         response = self._http.post_json(
             "chat/completions",
             {
-                "model": self._model,
+                "model": self.model,
                 "messages": list(messages),
                 "max_tokens": max_tokens,
                 "temperature": temperature,

