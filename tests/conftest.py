@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import av
 import numpy as np
 import pytest
 
@@ -64,6 +66,16 @@ def cli_environment(**extra: str) -> dict[str, str]:
     """This process's environment without provider keys, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_NAMES}
     return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+def zero_frame_wav() -> bytes:
+    """A valid WAV container that holds no audio at all."""
+    output = io.BytesIO()
+    with av.open(output, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=16_000, layout="mono")
+        container.start_encoding()
+        container.mux(stream.encode(None))
+    return output.getvalue()
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import io
 import random
 
-import av
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ from shared.errors import (
     TruncatedAudio,
     UndecodableAudio,
 )
-from tests.conftest import QUESTIONS, phone_upload, spoken
+from tests.conftest import QUESTIONS, phone_upload, spoken, zero_frame_wav
 from tools.phone_audio import PHONE_FORMATS, encode
 
 LIMITS = {"max_bytes": 10_000_000, "max_seconds": 120.0}
@@ -43,15 +41,6 @@ def test_rate_and_channels_are_normalised() -> None:
     assert np.argmax(spectrum) * SAMPLE_RATE / len(decoded.samples) == pytest.approx(440, abs=2)
 
 
-def _zero_frame_wav() -> bytes:
-    output = io.BytesIO()
-    with av.open(output, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=16_000, layout="mono")
-        container.start_encoding()
-        container.mux(stream.encode(None))
-    return output.getvalue()
-
-
 @pytest.mark.parametrize(
     ("data", "error", "says"),
     [
@@ -62,7 +51,7 @@ def _zero_frame_wav() -> bytes:
         pytest.param(
             b"This is not an MP3 file, just text.\n" * 40, UndecodableAudio, "not audio", id="text"
         ),
-        pytest.param(_zero_frame_wav(), EmptyAudio, "no samples", id="zero-frames"),
+        pytest.param(zero_frame_wav(), EmptyAudio, "no samples", id="zero-frames"),
     ],
 )
 def test_bad_input_raises_the_typed_error(data: bytes, error: type[TalkError], says: str) -> None:

@@ -7,14 +7,12 @@ but oddly named, a normal answer): never a 500, never a traceback.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +23,7 @@ from shared.audio import decode_audio
 from shared.config import Settings
 from shared.errors import TalkError
 from shared.talk_input import parse_talk_input
-from tests.conftest import QUESTIONS, phone_upload, run_cli
+from tests.conftest import QUESTIONS, phone_upload, run_cli, zero_frame_wav
 from tests.test_functions import android_upload, body_of, post, stored
 from tools.phone_audio import encode
 
@@ -51,15 +49,6 @@ def _noise_in_the_middle() -> bytes:
     data = bytearray(_m4a())
     data[100:2000] = _noise(1900, 7)
     return bytes(data)
-
-
-def _zero_frame_wav() -> bytes:
-    output = io.BytesIO()
-    with av.open(output, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=16_000, layout="mono")
-        container.start_encoding()
-        container.mux(stream.encode(None))
-    return output.getvalue()
 
 
 def _absurd_wav(offset_in_fmt: int, fmt: str, value: int) -> bytes:
@@ -122,7 +111,7 @@ CASES: dict[str, Case] = {
     "truncated m4a": (lambda: android_upload(_m4a()[:4000]), {}, 422, "truncated"),
     "m4a with a zeroed moov": (lambda: android_upload(_corrupt_moov()), {}, 422, "no audio"),
     "m4a with noise inside": (lambda: android_upload(_noise_in_the_middle()), {}, 422, "damaged"),
-    "wav with zero frames": (lambda: (_zero_frame_wav(), "audio/wav"), {}, 400, "no samples"),
+    "wav with zero frames": (lambda: (zero_frame_wav(), "audio/wav"), {}, 400, "no samples"),
     "wav with sample rate 0": (lambda: (_absurd_wav(4, "<I", 0), "audio/wav"), {}, 422, "damaged"),
     "wav with 65535 channels": (
         lambda: (_absurd_wav(2, "<H", 65535), "audio/wav"),
@@ -278,7 +267,7 @@ def test_an_unknown_voice_gets_the_default_voice(app_settings, host) -> None:
 CLI_CASES = {
     "random.m4a": lambda: _noise(5000, 5),
     "truncated.m4a": lambda: _m4a()[:4000],
-    "zero-frames.wav": _zero_frame_wav,
+    "zero-frames.wav": zero_frame_wav,
     "bomb.flac": lambda: _ten_minutes_of_silence("flac"),
     "silence.m4a": _silence,
     "absurd.wav": lambda: _absurd_wav(2, "<H", 65535),
