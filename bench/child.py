@@ -62,7 +62,7 @@ def _first_talk(audio: bytes) -> int:
 
     from talk.api import talk_start
     from tests.conftest import run_async
-    from tests.durable_host import app_durable_host
+    from tools.devhost.durable import app_durable_host
 
     body, content_type = encode_multipart_formdata({"audio": ("recording.m4a", audio, "audio/mp4")})
     with app_durable_host() as host:

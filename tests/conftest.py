@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import av
 import numpy as np
@@ -19,10 +17,11 @@ from shared.config import Settings, get_settings
 from shared.secrets import SECRET_NAMES
 from shared.tts.mp3 import encode_mp3
 from tools.azurite import connection_string, free_port, running_azurite
+from tools.devhost import functions as functions_host
 from tools.phone_audio import encode, speak
 
 if TYPE_CHECKING:
-    from tests.durable_host import LocalDurableHost
+    from tools.devhost.durable import LocalDurableHost
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,14 +104,9 @@ def closed_port_connection_string() -> str:
     return connection_string(free_port(), free_port(), free_port())
 
 
-_loop = asyncio.new_event_loop()
-threading.Thread(target=_loop.run_forever, daemon=True, name="test-event-loop").start()
-
-
-def run_async(coroutine: Awaitable[T], timeout: float = 180) -> T:
-    """Run `coroutine` on one long-lived loop, as the Functions worker does (the Durable
-    client keeps an aiohttp session that belongs to the loop that made it)."""
-    return asyncio.run_coroutine_threadsafe(coroutine, _loop).result(timeout)
+def run_async(coroutine: Coroutine[Any, Any, T], timeout: float = 180) -> T:
+    """Run `coroutine` on the process's one event loop, the one the dev host uses too."""
+    return functions_host.run_async(coroutine, timeout)
 
 
 # --- the Function App ----------------------------------------------------------------------
@@ -156,7 +150,7 @@ def app_settings(monkeypatch, tmp_path, azurite) -> Iterator[pytest.MonkeyPatch]
 @pytest.fixture
 def host() -> Iterator[LocalDurableHost]:
     """The Durable extension stand-in, running the app's real orchestrator and activities."""
-    from tests.durable_host import app_durable_host
+    from tools.devhost.durable import app_durable_host
 
     with app_durable_host() as local_host:
         yield local_host

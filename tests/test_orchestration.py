@@ -8,7 +8,7 @@ import pytest
 
 from shared.errors import ProviderError
 from talk.orchestration import TransientStageFailure, talk_orchestrator
-from tests.durable_host import (
+from tools.devhost.durable import (
     CALL_ACTIVITY_WITH_RETRY,
     History,
     activity_failure,

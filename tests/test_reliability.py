@@ -14,9 +14,9 @@ from shared.llm.llamacpp import load_llama
 from shared.stt.fasterwhisper import load_whisper_model
 from shared.tts.piper import load_piper
 from tests.conftest import QUESTIONS, phone_upload, reset_app_caches
-from tests.durable_host import app_durable_host, max_concurrent_activities
 from tests.test_functions import android_upload, body_of, get_result, post, stored
 from tools.azurite import free_port
+from tools.devhost.durable import app_durable_host, max_concurrent_activities
 
 LOADERS = (load_whisper_model, load_llama, load_piper)
 

@@ -1,4 +1,4 @@
-"""A small stand-in for the Durable Functions extension, for tests without a Functions host.
+"""A small stand-in for the Durable Functions extension, for `make serve` and the tests.
 
 It speaks the extension's HTTP API to the real `DurableOrchestrationClient` (start an
 instance, get its status) and runs orchestrations the way the extension does: it calls the
@@ -10,6 +10,7 @@ failures, retries and retry timers in that history.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import traceback
@@ -21,8 +22,9 @@ from typing import Any
 
 from azure.durable_functions.constants import DATETIME_STRING_FORMAT
 
-from tests.stubs import Recorded, Reply, StubServer
+from tools.devhost.loopback import LoopbackServer, Recorded, Reply
 
+log = logging.getLogger("devhost")
 EXECUTION_STARTED, TASK_SCHEDULED, TASK_COMPLETED, TASK_FAILED = 0, 4, 5, 6
 TIMER_CREATED, TIMER_FIRED, ORCHESTRATOR_STARTED, ORCHESTRATOR_COMPLETED = 10, 11, 12, 13
 CALL_ACTIVITY, CALL_ACTIVITY_WITH_RETRY = 0, 1
@@ -137,7 +139,7 @@ class LocalDurableHost:
         self.activity_calls: list[str] = []
         self.started: list[str] = []
         self._lock = threading.Lock()
-        self._server = StubServer(self._answer)
+        self._server = LoopbackServer(self._answer)
 
     def __enter__(self) -> LocalDurableHost:
         self._server.__enter__()
@@ -231,7 +233,7 @@ class LocalDurableHost:
                     self._execute(history, action)
                 handled = len(actions)
         except Exception as error:  # the orchestrator itself crashed
-            traceback.print_exc()
+            log.exception("Orchestration %s crashed", instance_id)
             self._set(instance_id, runtimeStatus="Failed", output=repr(error))
 
     def _execute(self, history: History, action: dict[str, Any]) -> None:
@@ -250,6 +252,7 @@ class LocalDurableHost:
                     self._maybe_crash(name)
                     result = self.activities[name](json.loads(action["input"]))
             except Exception as error:
+                log.warning("Activity %s failed: %s", name, type(error).__name__)
                 history.task_failed(task_id, *activity_failure(name, error))
                 if action["actionType"] == CALL_ACTIVITY:
                     return
@@ -270,27 +273,13 @@ class LocalDurableHost:
 
 
 def max_concurrent_activities() -> int:
-    host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
     return host["extensions"]["durableTask"]["maxConcurrentActivityFunctions"]
 
 
 def app_durable_host(**options: Any) -> LocalDurableHost:
-    """A host for the Function App's own orchestrator and activities."""
-    from talk.orchestration import (
-        generate_activity,
-        load_history_activity,
-        save_turn_activity,
-        synthesize_activity,
-        talk_orchestrator,
-        transcribe_activity,
-    )
+    """A host for the Function App's own orchestrators and activities, as the app indexes them."""
+    from tools.devhost.functions import app_index
 
-    activities = {
-        "transcribe": transcribe_activity.build().get_user_function(),
-        "generate": generate_activity.build().get_user_function(),
-        "synthesize": synthesize_activity.build().get_user_function(),
-        "load_history": load_history_activity.build().get_user_function(),
-        "save_turn": save_turn_activity.build().get_user_function(),
-    }
-    orchestrators = {"talk_orchestrator": talk_orchestrator.build().get_user_function()}
-    return LocalDurableHost(orchestrators, activities, **options)
+    index = app_index()
+    return LocalDurableHost(index.orchestrators, index.activities, **options)

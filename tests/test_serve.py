@@ -1,0 +1,233 @@
+"""`make serve` (`python -m tools.serve`) in a process of its own, driven over real HTTP by
+`python -m talk --url`, as a developer or the Android emulator would use it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import ROOT, SAMPLE, cli_environment, closed_port_connection_string, run_cli
+from tools.azurite import free_port
+
+SERVE = (sys.executable, "-m", "tools.serve")
+
+
+@dataclass
+class DevServer:
+    process: subprocess.Popen[str]
+    url: str
+    key: str
+    banner: list[str]
+
+
+def start_server(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    environment = cli_environment(LLM_PROVIDER="local", TTS_PROVIDER="piper")
+    for name in ("AzureWebJobsStorage", "TALK_FUNCTION_KEY"):
+        environment.pop(name, None)
+    environment.update(env)
+    return subprocess.Popen(
+        [*SERVE, "--port", str(port), "--azurite-dir", str(tmp_path / "azurite")],
+        cwd=tmp_path,  # no local.settings.json or .env of the developer's
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_banner(process: subprocess.Popen[str]) -> list[str]:
+    lines: list[str] = []
+    assert process.stdout is not None
+    while not lines or not lines[-1].startswith("Press Ctrl-C"):
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the server stopped: {process.stderr.read()}")
+        lines.append(line.strip())
+    return lines
+
+
+def stop(process: subprocess.Popen[str], signum: int = signal.SIGINT) -> int:
+    process.send_signal(signum)
+    return process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[DevServer]:
+    tmp_path = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    process = start_server(tmp_path, port)
+    try:
+        banner = read_banner(process)
+        [key] = [line.split(": ", 1)[1] for line in banner if line.startswith("Function key:")]
+        yield DevServer(process, f"http://127.0.0.1:{port}", key, banner)
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def test_it_prints_where_it_serves_and_a_generated_key(server) -> None:
+    assert server.banner[0] == f"Serving the Function App at {server.url} (development server)"
+    assert len(server.key) == 64
+    assert any(line.startswith("Storage: Azurite") for line in server.banner)
+
+
+def test_the_sample_question_like_the_android_app(server, tmp_path: Path) -> None:
+    done = run_cli(
+        str(SAMPLE), "--url", server.url, "--key", server.key, "--json", "-v", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["transcript"].startswith("What is a good way to relax")
+    assert result["providers"] == {"stt": "faster-whisper", "llm": "local", "tts": "piper"}
+    mp3 = (tmp_path / "reply.mp3").read_bytes()
+    assert result["audio_bytes"] == len(mp3)
+    assert "Backend response code: 200" in done.stderr
+    assert f"MP3 bytes={len(mp3)}" in done.stderr
+
+
+def test_a_written_question_with_the_key_in_the_environment(server, tmp_path: Path) -> None:
+    done = run_cli(
+        "--text",
+        "Hello!",
+        "--url",
+        server.url,
+        "--json",
+        cwd=tmp_path,
+        TALK_FUNCTION_KEY=server.key,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["transcript"] is None
+
+
+def test_bad_audio_is_bad_input(server, tmp_path: Path) -> None:
+    upload = tmp_path / "notes.m4a"
+    upload.write_bytes(b"not audio " * 100)
+    done = run_cli(str(upload), "--url", server.url, "--key", server.key, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: Backend error (422): the data is not audio in a supported format"
+    )
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_a_missing_or_wrong_key_is_401(server, tmp_path: Path, key: str | None) -> None:
+    args = ["--key", key] if key else []
+    done = run_cli("--text", "Hi", "--url", server.url, *args, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: Backend error (401): Unauthorized"
+    response = requests.post(f"{server.url}/talk", json={"text": "Hi"}, timeout=10)
+    assert response.status_code == 401
+    assert response.content == b""
+
+
+def test_the_key_also_works_as_the_code_parameter(server) -> None:
+    response = requests.get(f"{server.url}/talk/{'0' * 32}", params={"code": server.key})
+    assert response.status_code == 404
+    assert response.json()["error"] == "unknown request id"
+
+
+def test_health_and_readiness(server) -> None:
+    assert requests.get(f"{server.url}/health", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{server.url}/health", params={"ready": "1"}, timeout=30)
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"config": "ok", "secrets": "ok", "storage": "ok"}
+
+
+def test_an_unknown_route_is_404(server) -> None:
+    assert requests.get(f"{server.url}/nowhere", timeout=10).status_code == 404
+
+
+def test_an_unreachable_backend_is_one_line(tmp_path: Path) -> None:
+    done = run_cli("--text", "Hi", "--url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: cannot reach http://127.0.0.1:9: ConnectionError"
+
+
+def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start_server(tmp_path, port)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.strip() == f"error: 127.0.0.1:{port} is in use; set PORT to another port"
+    assert not (tmp_path / "azurite").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_it_stops_cleanly_and_leaves_no_process(tmp_path: Path, signum: int) -> None:
+    port = free_port()
+    process = start_server(tmp_path, port, TALK_FUNCTION_KEY="my-own-key")
+    banner = read_banner(process)
+    assert "Function key: $TALK_FUNCTION_KEY" in banner
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children  # Azurite
+    url = f"http://127.0.0.1:{port}"
+    headers = {"x-functions-key": "my-own-key"}
+    assert requests.get(f"{url}/talk/{'0' * 32}", headers=headers).status_code == 404
+    assert stop(process, signum) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/health", timeout=5)
+
+
+def test_make_serve_is_the_documented_command() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "serve: $(APP_STAMP) $(AZURITE_STAMP)" in makefile
+    assert "-m tools.serve --host $(HOST) --port $(PORT)" in makefile
+
+
+# --- the deploy workflow's smoke test, against the dev server ---------------------------------
+
+
+def smoke_test(url: str, key: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.smoke_test", url, "--attempts", "2", "--delay", "0.1"],
+        cwd=tmp_path,
+        env=cli_environment(TALK_FUNCTION_KEY=key),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_smoke_test_asks_the_sample_question_when_ready(server, tmp_path: Path) -> None:
+    done = smoke_test(server.url, server.key, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "/talk answered" in done.stdout
+    assert "heard 'What is a good way to relax" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "exit_code", "says"),
+    [
+        # The first deploy: the provider secrets are not in Key Vault yet.
+        ({"LLM_PROVIDER": "huggingface"}, 0, "::notice::/talk not smoke-tested"),
+        # Anything else that is not ready fails the deploy.
+        ({"AzureWebJobsStorage": closed_port_connection_string()}, 1, "::error::the app is not"),
+    ],
+)
+def test_the_smoke_test_skips_talk_only_while_secrets_are_missing(
+    tmp_path: Path, env: dict[str, str], exit_code: int, says: str
+) -> None:
+    port = free_port()
+    process = start_server(tmp_path, port, TALK_FUNCTION_KEY="smoke-key", **env)
+    try:
+        read_banner(process)
+        done = smoke_test(f"http://127.0.0.1:{port}", "smoke-key", tmp_path)
+    finally:
+        stop(process)
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    assert says in done.stdout

@@ -1,0 +1,256 @@
+"""The Functions host's HTTP front, for the app's real HTTP functions without Core Tools.
+
+Routes, methods and auth levels come from the app's own index (`app.get_functions()`, what
+the host reads at start), so a new route needs nothing here. Like the host it prefixes
+routes with host.json's `routePrefix`, prefers literal segments over `{parameters}`, checks
+the function key of `function` and `admin` routes (header `x-functions-key` or query
+`code`, 401 without a body otherwise), refuses a body over the host's limit (413), builds
+an `HttpRequest`, and binds a durable client to functions that ask for one. Async
+functions run on one long-lived event loop, as in the Python worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import azure.functions as func
+
+if TYPE_CHECKING:
+    from tools.devhost.durable import LocalDurableHost
+
+T = TypeVar("T")
+log = logging.getLogger("devhost")
+ROOT = Path(__file__).resolve().parents[2]
+# The host's default request body limit (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT changes it).
+DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
+_KEYED = {"function", "admin"}
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    function_name: str
+    segments: tuple[str, ...]
+    methods: frozenset[str] | None  # None: every method
+    needs_key: bool
+    request_param: str
+    client_param: str | None  # the durable client binding's name, if any
+    function: Callable[..., Any]
+
+    def match(self, method: str, parts: list[str]) -> dict[str, str] | None:
+        if self.methods is not None and method not in self.methods:
+            return None
+        if len(parts) != len(self.segments):
+            return None
+        params = {}
+        for want, got in zip(self.segments, parts, strict=True):
+            if want.startswith("{") and want.endswith("}"):
+                params[want[1:-1].split(":")[0]] = got
+            elif want.lower() != got.lower():
+                return None
+        return params
+
+    @property
+    def literal_segments(self) -> int:
+        return sum(not s.startswith("{") for s in self.segments)
+
+
+@dataclass(frozen=True)
+class AppIndex:
+    routes: list[HttpRoute]
+    orchestrators: dict[str, Callable[[str], str]]
+    activities: dict[str, Callable[..., Any]]
+
+
+@functools.cache
+def app_index() -> AppIndex:
+    """The Function App as the host indexes it (once per process, as `get_functions` allows)."""
+    import function_app
+
+    prefix = route_prefix()
+    routes, orchestrators, activities = [], {}, {}
+    for function in function_app.app.get_functions():
+        bindings = [b.get_dict_repr() for b in function.get_bindings()]
+        by_type = {b["type"]: b for b in bindings}
+        name = function.get_function_name()
+        if "orchestrationTrigger" in by_type:
+            orchestrators[name] = function.get_user_function()
+        elif "activityTrigger" in by_type:
+            activities[name] = function.get_user_function()
+        elif trigger := by_type.get("httpTrigger"):
+            methods = trigger.get("methods")
+            route = "/".join(p for p in (prefix, trigger["route"]) if p)
+            routes.append(
+                HttpRoute(
+                    function_name=name,
+                    segments=tuple(route.strip("/").split("/")),
+                    methods=frozenset(_text(m).upper() for m in methods) if methods else None,
+                    needs_key=_text(trigger.get("authLevel")).lower() in _KEYED,
+                    request_param=trigger["name"],
+                    client_param=by_type.get("durableClient", {}).get("name"),
+                    function=function.get_user_function(),
+                )
+            )
+    # ASP.NET routing, as the host uses: literal segments win over parameters.
+    routes.sort(key=lambda r: -r.literal_segments)
+    return AppIndex(routes, orchestrators, activities)
+
+
+def route_prefix() -> str:
+    host = json.loads((ROOT / "host.json").read_text())
+    return host.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
+
+
+def _text(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+@functools.cache
+def _event_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True, name="functions-event-loop").start()
+    return loop
+
+
+def run_async(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run `coroutine` on the process's one long-lived loop, as the Python worker does: the
+    Durable client keeps an aiohttp session that belongs to the loop that made it."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _event_loop()).result(timeout)
+
+
+class FunctionsHttpHost:
+    """Serve the app's HTTP functions on `host`:`port` (0 picks a free port)."""
+
+    def __init__(
+        self,
+        durable: LocalDurableHost,
+        *,
+        key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+    ) -> None:
+        self.durable = durable
+        self.key = key
+        self.body_limit = body_limit
+        self.routes = app_index().routes
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _serve(self) -> None:
+                started = time.perf_counter()
+                response = front.handle(self)
+                self.send_response(response.status_code)
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                for name, value in response.headers.items():
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                if "content-type" not in headers and response.mimetype:
+                    self.send_header("Content-Type", response.mimetype)
+                payload = response.get_body() or b""
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                log.info(
+                    "%s %s -> %d in %.0f ms",
+                    self.command,
+                    urlsplit(self.path).path,
+                    response.status_code,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve  # noqa: N815
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        bound_host, bound_port = self.server.server_address[:2]
+        self.url = f"http://{bound_host}:{bound_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FunctionsHttpHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> func.HttpResponse:
+        url = urlsplit(request.path)
+        parts = [p for p in url.path.strip("/").split("/") if p]
+        for route in self.routes:
+            params = route.match(request.command, parts)
+            if params is None:
+                continue
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            given = request.headers.get("x-functions-key") or query.get("code") or ""
+            if route.needs_key and not hmac.compare_digest(given.encode(), self.key.encode()):
+                return func.HttpResponse(status_code=401)
+            try:
+                body = read_body(request, self.body_limit)
+            except ValueError:  # a malformed chunk size
+                request.close_connection = True
+                return func.HttpResponse(status_code=400)
+            if body is None:
+                return func.HttpResponse(status_code=413)
+            http_request = func.HttpRequest(
+                method=request.command,
+                url=f"{self.url}{request.path}",
+                headers=dict(request.headers.items()),
+                params=query,
+                route_params=params,
+                body=body,
+            )
+            return self.call(route, http_request)
+        return func.HttpResponse(status_code=404)
+
+    def call(self, route: HttpRoute, http_request: func.HttpRequest) -> func.HttpResponse:
+        arguments: dict[str, Any] = {route.request_param: http_request}
+        if route.client_param:
+            arguments[route.client_param] = self.durable.client_binding()
+        try:
+            if inspect.iscoroutinefunction(route.function):
+                return run_async(route.function(**arguments))
+            return route.function(**arguments)
+        except Exception:  # what the host does with an unhandled exception
+            log.exception("Function %s failed", route.function_name)
+            return func.HttpResponse(status_code=500)
+
+
+def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
+    """The request body (chunked or with a length), or None when it is over `limit`."""
+    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks, total = [], 0
+        while size := int(request.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            total += size
+            if total > limit:
+                request.close_connection = True
+                return None
+            chunks.append(request.rfile.read(size))
+            request.rfile.readline()
+        while request.rfile.readline().strip():  # trailers
+            pass
+        return b"".join(chunks)
+    length = int(request.headers.get("Content-Length") or 0)
+    if length > limit:
+        request.close_connection = True
+        return None
+    return request.rfile.read(length) if length else b""
