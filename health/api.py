@@ -7,6 +7,7 @@ import json
 import azure.functions as func
 
 from shared.config import get_settings
+from shared.conversations import conversation_store
 from shared.errors import TalkError
 from shared.providers import active_providers, default_secrets, required_secrets
 from shared.storage import blob_store
@@ -32,7 +33,10 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     checks["secrets"] += "".join(f"; {problem}" for problem in secrets.problems())
     providers = active_providers(settings, secrets)
     try:
+        # What /talk touches, with the calls its data roles allow: the upload container
+        # (Storage Blob Data Owner) and the conversations table (Table Data Contributor).
         blob_store(settings).check()
+        conversation_store(settings).check()
         checks["storage"] = "ok"
     except TalkError as error:
         checks["storage"] = error.message

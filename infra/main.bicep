@@ -14,7 +14,40 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Primary location for all resources; it must offer Flex Consumption Function Apps.')
+@description('Primary location for all resources: a region that offers Flex Consumption Function Apps (the list of Azure\'s Flex Consumption azd samples).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -46,7 +79,7 @@ param appServicePlanName string = ''
 @description('Storage account name (3-24 lower-case letters and digits); empty derives one.')
 param storageAccountName string = ''
 
-@description('Key Vault name; empty derives one. Purge protection keeps a deleted vault\'s name reserved for 90 days.')
+@description('Key Vault name; empty derives one. A deleted vault keeps its name through its 90-day soft-delete retention: see keyVaultCreateMode.')
 param keyVaultName string = ''
 
 @description('User-assigned managed identity name; empty derives one.')
@@ -62,9 +95,8 @@ param applicationInsightsName string = ''
 // Hosting
 // ---------------------------------------------------------------------------------------
 
-@description('Memory of each Function App instance, in MB. 2048 fits WHISPER_MODEL tiny.en; use 4096 for WHISPER_MODEL base.')
+@description('Memory of each Function App instance, in MB: 2048 holds the embedded models with WHISPER_MODEL tiny.en; use 4096 for WHISPER_MODEL base. 512 cannot hold the models.')
 @allowed([
-  512
   2048
   4096
 ])
@@ -75,9 +107,13 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Always-ready instances for each of the http and durable trigger groups (the models load in the durable group), to avoid cold starts on /talk; 0 disables them (and their standing cost).')
+@description('Always-ready instances of the http group (POST /talk, GET /health): they take the request at once instead of a cold start. Each is billed for its memory around the clock; 0 disables them.')
 @minValue(0)
-param alwaysReadyInstances int = 1
+param httpAlwaysReadyInstances int = 1
+
+@description('Always-ready instances of the durable group (the orchestrator and the transcribe, generate and synthesize activities, where the models load): Durable Functions on Flex Consumption asks for at least 1. Each is billed for its memory around the clock; 0 disables them.')
+@minValue(0)
+param durableAlwaysReadyInstances int = 1
 
 @description('Days a blob in the talk-audio container lives before the lifecycle rule deletes it.')
 @minValue(1)
@@ -102,8 +138,8 @@ param ttsCache string = 'on'
 ])
 param llmCache string = 'off'
 
-@description('Browser origins allowed to call the API (CORS), e.g. [\'https://app.example.com\']. Never \'*\'; empty allows no cross-origin browser calls.')
-param corsAllowedOrigins array = []
+@description('Browser origins allowed to call the API (CORS), comma-separated (azd env set turns no string into an array), e.g. \'https://app.example.com,https://admin.example.com\'. Empty, or a list with \'*\' in it, allows no cross-origin browser calls.')
+param corsAllowedOrigins string = ''
 
 @description('Redundancy of the storage account.')
 @allowed([
@@ -113,6 +149,19 @@ param corsAllowedOrigins array = []
   'Standard_GZRS'
 ])
 param storageSkuName string = 'Standard_LRS'
+
+@description('Purge protection on the Key Vault: a deleted vault (and its secrets) cannot be purged for 90 days. On for production; set false for development environments that are torn down and re-created (it cannot be turned off once on).')
+param keyVaultPurgeProtection bool = true
+
+@description('default creates the Key Vault; recover brings back a soft-deleted vault of the same name (after `azd down` without --purge, or with purge protection on), then set it back to default.')
+@allowed([
+  'default'
+  'recover'
+])
+param keyVaultCreateMode string = 'default'
+
+@description('Send Azure Verified Modules usage telemetry to Microsoft (a deployment named 46d3xbcp.* per module).')
+param enableTelemetry bool = true
 
 @description('Days Log Analytics keeps logs.')
 @minValue(30)
@@ -179,6 +228,10 @@ var tags = { 'azd-env-name': environmentName }
 var resolvedFunctionAppName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var talkContainerName = 'talk-audio'
+// CORS origins from the comma-separated parameter (origins hold no spaces). A list with the
+// '*' wildcard in it allows no origin at all rather than every one.
+var corsOriginList = replace(corsAllowedOrigins, ' ', '')
+var corsOrigins = empty(corsOriginList) || contains(split(corsOriginList, ','), '*') ? [] : split(corsOriginList, ',')
 var cacheContainerName = 'talk-cache'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -198,6 +251,7 @@ module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1
   params: {
     name: !empty(identityName) ? identityName : '${abbrs.managedIdentityUserAssignedIdentities}api-${resourceToken}'
     location: location
+    enableTelemetry: enableTelemetry
     tags: tags
   }
 }
@@ -208,6 +262,7 @@ module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
   params: {
     name: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
     location: location
+    enableTelemetry: enableTelemetry
     tags: tags
     sku: {
       name: 'FC1'
@@ -225,6 +280,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
   params: {
     name: !empty(storageAccountName) ? storageAccountName : '${abbrs.storageStorageAccounts}${resourceToken}'
     location: location
+    enableTelemetry: enableTelemetry
     tags: tags
     kind: 'StorageV2'
     skuName: storageSkuName
@@ -323,6 +379,7 @@ module monitoring './app/monitoring.bicep' = {
     location: location
     tags: tags
     logRetentionDays: logRetentionDays
+    enableTelemetry: enableTelemetry
   }
 }
 
@@ -334,6 +391,9 @@ module keyVault './app/keyvault.bicep' = {
     location: location
     tags: tags
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    enablePurgeProtection: keyVaultPurgeProtection
+    createMode: keyVaultCreateMode
+    enableTelemetry: enableTelemetry
   }
 }
 
@@ -425,8 +485,9 @@ module api './app/api.bicep' = {
     appSettings: appSettings
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
-    alwaysReadyInstances: alwaysReadyInstances
-    corsAllowedOrigins: corsAllowedOrigins
+    httpAlwaysReadyInstances: httpAlwaysReadyInstances
+    durableAlwaysReadyInstances: durableAlwaysReadyInstances
+    corsAllowedOrigins: corsOrigins
     runtimeVersion: '3.11'
   }
   // The identity must hold its storage roles before the host starts and before azd
@@ -448,4 +509,5 @@ output FUNCTION_URL string = 'https://${api.outputs.defaultHostname}'
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_DEPLOYMENT_CONTAINER string = deploymentContainerName
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -72,6 +72,10 @@ class ConversationStore(Protocol):
         """Forget the conversation; False if there was nothing to forget."""
         ...
 
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the store can be read."""
+        ...
+
 
 class TableConversationStore:
     def __init__(self, table: TableClient, max_turns: int, ttl_s: float) -> None:
@@ -131,6 +135,14 @@ class TableConversationStore:
         for key in keys:
             self._call(lambda key=key: self._table.delete_entity(conversation_id, key))
         return bool(keys)
+
+    def check(self) -> None:
+        # An entity query: what Storage Table Data Contributor allows (`entities/read`).
+        # A table that does not exist yet counts as reachable: the first turn creates it.
+        self._call(
+            lambda: next(iter(self._table.list_entities(results_per_page=1)), None),
+            missing_table=lambda: None,
+        )
 
     def _call(
         self,
@@ -195,6 +207,9 @@ class FileConversationStore:
             temporary = path.with_suffix(".tmp")
             temporary.write_text(json.dumps([asdict(t) for t in turns]), encoding="utf-8")
             temporary.replace(path)
+
+    def check(self) -> None:
+        pass  # local files: nothing to reach
 
     def delete(self, conversation_id: str) -> bool:
         path = self._path(conversation_id)

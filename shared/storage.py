@@ -119,11 +119,19 @@ class BlobStore:
             raise StorageUnavailable(f"cannot delete {name}: {type(error).__name__}") from None
 
     def check(self) -> None:
-        """Raise StorageUnavailable unless the account answers."""
-        from azure.core.exceptions import AzureError
+        """Raise StorageUnavailable unless the container answers to the app's credential.
+
+        A container-level call, so the app's data role (Storage Blob Data Owner, through
+        `blobServices/containers/read`) is enough; account-level calls such as
+        get_service_properties need `blobServices/read`, which no data role has. A
+        container that does not exist yet counts as reachable: the first write creates it.
+        """
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            self._service.get_service_properties()
+            self._container.get_container_properties()
+        except ResourceNotFoundError:
+            return
         except AzureError as error:
             raise StorageUnavailable(f"storage unreachable: {type(error).__name__}") from None
 

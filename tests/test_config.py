@@ -67,9 +67,9 @@ def test_broken_local_settings_json_is_a_config_error(tmp_path: Path) -> None:
 
 
 def _readme_settings() -> dict[str, str]:
-    """Setting name -> default, from the README's configuration table."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    text = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    """Setting name -> default, from the configuration table in docs/configuration.md."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    text = text.split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([A-Za-z][A-Za-z0-9_]+)` \| ([^|]*) \|", text, flags=re.MULTILINE)
     return {name: default.strip().strip("`") for name, default in rows}
 

@@ -11,11 +11,14 @@ import base64
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 import azure.functions as func
 import numpy as np
 import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobServiceClient, generate_account_sas
 from urllib3 import encode_multipart_formdata
 
 from health.api import health
@@ -30,9 +33,9 @@ from tests.conftest import (
     reset_app_caches,
     run_async,
 )
-from tests.durable_host import LocalDurableHost
 from tests.stubs import Reply, StubServer, chat_completion
 from tests.test_pipeline import LOADERS
+from tools.devhost.durable import LocalDurableHost, app_durable_host
 from tools.phone_audio import encode
 
 TALK_START = talk_start.build().get_user_function()
@@ -115,6 +118,40 @@ def test_readiness_checks_storage_and_names_providers(app_settings) -> None:
         "checks": {"config": "ok", "secrets": "ok", "storage": "ok"},
         "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
     }
+
+
+def data_role_connection(azurite: str) -> str:
+    """A credential as narrow as the app's data roles in Azure: containers, blobs, tables
+    and entities, but no account-level (service) calls such as get_service_properties."""
+    endpoints = dict(part.split("=", 1) for part in azurite.split(";") if part)
+    sas = generate_account_sas(
+        endpoints["AccountName"],
+        endpoints["AccountKey"],
+        resource_types="co",  # container and object; not service
+        permission="rwdlacu",
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+        services="bt",
+    )
+    return (
+        f"BlobEndpoint={endpoints['BlobEndpoint']};TableEndpoint={endpoints['TableEndpoint']};"
+        f"SharedAccessSignature={sas}"
+    )
+
+
+def test_readiness_needs_no_more_than_the_apps_data_roles(app_settings, azurite) -> None:
+    restricted = data_role_connection(azurite)
+    # The restriction is real: the account-level call an earlier probe made is refused.
+    with pytest.raises(HttpResponseError, match="resource type"):
+        BlobServiceClient.from_connection_string(restricted).get_service_properties()
+    app_settings.setenv("AzureWebJobsStorage", restricted)
+    reset_app_caches()
+    response = _health(ready=True)
+    assert response.status_code == 200, response.get_body()
+    assert body_of(response)["checks"]["storage"] == "ok"
+    # ... and /talk itself works under it.
+    with app_durable_host() as host:
+        answered = post(host, b'{"text": "Hello?"}', "application/json")
+    assert answered.status_code == 200, answered.get_body()
 
 
 def test_readiness_fails_when_storage_or_a_key_is_missing(app_settings) -> None:

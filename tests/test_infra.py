@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 from shared.config import settings_docs
 from shared.secrets import SECRET_DOCS
+from tests.bicep_deployments import clashes, deployments
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
@@ -188,16 +192,265 @@ def test_the_checks_fail_on_a_broken_workflow(tmp_path: Path) -> None:
     assert schema.returncode != 0
 
 
-def test_deploy_uses_oidc_and_smoke_tests_the_app() -> None:
-    deploy = (WORKFLOWS / "deploy.yml").read_text()
-    assert "id-token: write" in deploy
-    for needed in ("client-id:", "tenant-id:", "subscription-id:", "Azure/functions-action@"):
-        assert needed in deploy
-    assert "remote-build: true" in deploy
-    assert "python -m talk samples/question.m4a --url" in deploy
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_deploy_runs_only_after_a_green_ci_of_the_same_commit() -> None:
+    deploy = _yaml(WORKFLOWS / "deploy.yml")
+    triggers = deploy[True]  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"workflow_run", "workflow_dispatch"}
+    assert triggers["workflow_run"] == {
+        "workflows": ["ci"],
+        "types": ["completed"],
+        "branches": ["main"],
+    }
+    assert _yaml(WORKFLOWS / "ci.yml")["name"] == "ci"
+    job = deploy["jobs"]["deploy"]
+    condition = " ".join(job["if"].split())
+    assert "github.event.workflow_run.conclusion == 'success'" in condition
+    by_hand = "github.event_name == 'workflow_dispatch' && github.ref == 'refs/heads/main'"
+    assert by_hand in condition
+    # It deploys the commit CI tested, and a commit deployed by hand must have passed CI.
+    assert job["env"]["DEPLOY_SHA"] == "${{ github.event.workflow_run.head_sha || github.sha }}"
+    steps = job["steps"]
+    [checkout] = [s for s in steps if s.get("uses", "").startswith("actions/checkout@")]
+    assert checkout["with"]["ref"] == "${{ env.DEPLOY_SHA }}"
+    [gate] = [s for s in steps if s.get("if") == "github.event_name == 'workflow_dispatch'"]
+    assert "gh run list" in gate["run"] and "--status success" in gate["run"]
+    assert steps.index(gate) < steps.index(checkout)
+
+
+def test_deploy_ships_what_azd_ships_with_oidc_and_pinned_actions() -> None:
+    deploy = _yaml(WORKFLOWS / "deploy.yml")
+    assert deploy["permissions"]["id-token"] == "write"
+    runs = "\n".join(s.get("run", "") for s in deploy["jobs"]["deploy"]["steps"])
+    assert "--federated-credential-provider github" in runs
+    # azd packages what .funcignore leaves in and asks Flex Consumption for a remote build.
+    assert "azd provision --no-prompt" in runs and "azd deploy --no-prompt" in runs
+    text = (WORKFLOWS / "deploy.yml").read_text()
+    for deprecated in ("azure/arm-deploy", "Azure/functions-action"):
+        assert deprecated.lower() not in text.lower()
+    for workflow in WORKFLOWS.glob("*.yml"):
+        for uses in re.findall(r"uses:\s*(\S+)", workflow.read_text()):
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses), f"{workflow.name}: {uses}"
+
+
+def test_deploy_smoke_tests_readiness_then_talk() -> None:
+    runs = (WORKFLOWS / "deploy.yml").read_text()
+    assert 'python -m tools.smoke_test "$FUNCTION_URL"' in runs
+    assert "::add-mask::$TALK_FUNCTION_KEY" in runs
     ci = (WORKFLOWS / "ci.yml").read_text()
     assert "make test" in ci
     assert "pip-audit" in ci
+
+
+def _parameter_variables() -> list[str]:
+    """The azd environment variables infra/main.parameters.json reads, in order."""
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    found = []
+    for entry in parameters.values():
+        found += re.findall(r"\$\{(\w+)", json.dumps(entry["value"]))
+    return found
+
+
+# Set by azd itself (the environment, and the signed-in principal), not by a user.
+AZD_VARIABLES = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID", "AZURE_PRINCIPAL_TYPE"}
+
+
+def test_the_workflow_deploys_with_the_azd_environments_parameters() -> None:
+    user_variables = [v for v in _parameter_variables() if v not in AZD_VARIABLES]
+    # `azd pipeline config` copies exactly these into the repository's variables ...
+    assert _yaml(ROOT / "azure.yaml")["pipeline"]["variables"] == user_variables
+    # ... and the deploy job hands each of them to `azd provision`.
+    env = _yaml(WORKFLOWS / "deploy.yml")["jobs"]["deploy"]["env"]
+    for variable in user_variables:
+        assert env.get(variable) == f"${{{{ vars.{variable} }}}}", variable
+
+
+def test_every_parameter_file_entry_is_a_template_parameter_and_vice_versa() -> None:
+    tree = parse_bicep(INFRA / "main.bicep")[str(INFRA / "main.bicep")]["tree"]
+    declared = tree["parameters"]
+    given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert set(given) <= set(declared)
+    required = {name for name, p in declared.items() if p.get("default") is None}
+    assert required <= set(given)
+
+
+def test_azd_hooks_wait_for_the_roles() -> None:
+    hook = _yaml(ROOT / "azure.yaml")["hooks"]["postprovision"]
+    assert hook["run"] == "sh infra/hooks/wait-for-roles.sh"
+    assert hook["continueOnError"] is True
+    outputs = parse_bicep(INFRA / "main.bicep")[str(INFRA / "main.bicep")]["tree"]["outputs"]
+    script = (INFRA / "hooks" / "wait-for-roles.sh").read_text()
+    for name in set(re.findall(r"\$\{?(AZURE_[A-Z_]+)", script)) - {"AZURE_PRINCIPAL_ID"}:
+        assert name in outputs, name
+
+
+def _fake_az(bin_dir: Path, log: Path, fail_times: int) -> None:
+    """An `az` that fails `fail_times` times, as RBAC does while an assignment propagates."""
+    bin_dir.mkdir()
+    script = bin_dir / "az"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{log}"\n'
+        f'count=$(wc -l < "{log}")\n'
+        f'[ "$count" -gt {fail_times} ]\n'
+    )
+    script.chmod(0o755)
+
+
+def _run_hook(tmp_path: Path, fail_times: int, limit: int) -> subprocess.CompletedProcess[str]:
+    log = tmp_path / "az.log"
+    log.touch()
+    _fake_az(tmp_path / "bin", log, fail_times)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "AZURE_PRINCIPAL_ID": "00000000-0000-0000-0000-000000000001",
+        "AZURE_STORAGE_ACCOUNT_NAME": "stexample",
+        "AZURE_DEPLOYMENT_CONTAINER": "app-package-x",
+        "AZURE_KEY_VAULT_NAME": "kv-example",
+        "WAIT_FOR_ROLES_SECONDS": str(limit),
+        "WAIT_FOR_ROLES_INTERVAL": "0",
+    }
+    return subprocess.run(
+        ["sh", str(INFRA / "hooks" / "wait-for-roles.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_role_wait_hook_waits_until_storage_and_key_vault_answer(tmp_path: Path) -> None:
+    done = _run_hook(tmp_path, fail_times=3, limit=100)
+    assert done.returncode == 0
+    assert done.stdout.count("waiting for storage and Key Vault access") == 3
+    assert done.stdout.strip().endswith("storage and Key Vault are reachable.")
+    calls = (tmp_path / "az.log").read_text().splitlines()
+    assert calls[-2].startswith("storage blob list --auth-mode login --account-name stexample")
+    assert calls[-1].startswith("keyvault secret list --vault-name kv-example")
+
+
+def test_the_role_wait_hook_gives_up_in_bounded_time(tmp_path: Path) -> None:
+    done = _run_hook(tmp_path, fail_times=10**6, limit=0)
+    assert done.returncode == 0
+    assert "roles still not effective" in done.stdout
+
+
+# --- deployment structure -----------------------------------------------------------------
+
+
+def test_no_two_deployments_share_a_name_in_one_scope() -> None:
+    found = deployments(INFRA / "main.bicep")
+    assert {d.declared_in for d in found} >= {
+        "main.bicep:keyVault",
+        "main.bicep:keyVault > keyvault.bicep:vault",
+        "main.bicep:monitoring > monitoring.bicep:logAnalytics",
+    }
+    assert all(d.resolved for d in found)
+    assert clashes(INFRA / "main.bicep") == {}
+
+
+def test_the_name_check_fails_on_a_nested_clash(tmp_path: Path) -> None:
+    copy = tmp_path / "infra"
+    shutil.copytree(INFRA, copy)
+    keyvault = copy / "app" / "keyvault.bicep"
+    text = keyvault.read_text()
+    keyvault.write_text(text.replace("name: 'key-vault-vault'", "name: 'key-vault'"))
+    assert clashes(copy / "main.bicep") == {
+        ("rg", "key-vault"): ["main.bicep:keyVault", "main.bicep:keyVault > keyvault.bicep:vault"]
+    }
+
+
+def test_every_verified_module_gets_the_telemetry_parameter() -> None:
+    for path in bicep_files():
+        text = path.read_text()
+        for match in re.finditer(r"^module \w+ 'br/public:avm/[^']+' = \{", text, re.MULTILINE):
+            block = text[match.end() : text.index("\n}", match.end())]
+            assert "enableTelemetry: enableTelemetry" in block, f"{path.name}: {match.group()}"
+
+
+def test_location_is_restricted_and_memory_holds_the_models() -> None:
+    tree = parse_bicep(INFRA / "main.bicep")[str(INFRA / "main.bicep")]["tree"]
+    parameters = tree["parameters"]
+    allowed_regions = _allowed(parameters["location"])
+    assert {"westeurope", "northeurope", "swedencentral", "eastus"} <= set(allowed_regions)
+    assert "eastus2euap" not in allowed_regions  # a canary region
+    assert _allowed(parameters["instanceMemoryMB"]) == ["2048", "4096"]
+
+
+def _allowed(parameter: dict) -> list[str]:
+    [allowed] = [d for d in parameter["decorators"] if d["type"] == "allowed"]
+    return [str(v) for v in allowed["argument"]]
+
+
+# --- what Azure installs --------------------------------------------------------------------
+
+
+def test_requirements_txt_pins_the_whole_closure_of_requirements_in() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.pin_requirements", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line]
+    pins = [line for line in lines if not line.startswith("#")]
+    assert all(re.fullmatch(r"[a-z0-9-]+==[\w.]+", pin) for pin in pins)
+    assert {"azure-functions==1.26.0", "ctranslate2==4.8.5"} <= set(pins)
+
+
+def test_the_stale_check_fails_on_a_missing_pin(tmp_path: Path, monkeypatch) -> None:
+    from tools import pin_requirements
+
+    stale = tmp_path / "requirements.txt"
+    stale.write_text("".join(pin_requirements.TARGET.read_text().splitlines(True)[:-1]))
+    monkeypatch.setattr(pin_requirements, "TARGET", stale)
+    assert pin_requirements.main(["--check"]) == 1
+
+
+PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q")
+
+
+def test_pip_install_dot_builds_the_app_and_nothing_else(tmp_path: Path) -> None:
+    # What `azd restore` runs in a project with a pyproject.toml, on a copy of the project
+    # (a build writes build/ and *.egg-info beside the sources).
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".*", "__pycache__", "bench"))
+    done = subprocess.run(
+        [*PIP_WHEEL, "-w", str(tmp_path), str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    [wheel] = tmp_path.glob("talk_backend-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = {
+            line.split(": ", 1)[1]
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        }
+    tops = {name.split("/")[0] for name in names if not name.startswith("talk_backend-")}
+    assert tops == {"function_app.py", "shared", "talk", "health"}
+    assert "azure-functions==1.26.0" in requires
+
+
+def test_the_package_leaves_out_what_the_app_does_not_run() -> None:
+    ignored = set((ROOT / ".funcignore").read_text().split())
+    # azd stops leaving out .venv and __pycache__ by itself once a .funcignore exists.
+    needed = {".venv", "__pycache__", ".git*", "tests", "tools", "bench", "infra", "docs"}
+    needed |= {"local.settings.json", ".env", "requirements-*.txt", "requirements.in"}
+    needed |= {"pyproject.toml", "constraints.txt", "samples", ".azurite", ".tools"}
+    assert needed <= ignored
+    for kept in ("function_app.py", "host.json", "requirements.txt", "shared", "talk", "health"):
+        assert kept not in ignored
 
 
 # --- every setting in every place -------------------------------------------------------
@@ -257,11 +510,13 @@ def test_settings_are_read_only_through_the_settings_object() -> None:
     assert not offenders
 
 
-def test_cors_origins_are_a_parameter_and_never_a_wildcard() -> None:
+def test_cors_origins_are_a_comma_separated_parameter_and_never_a_wildcard() -> None:
     main = (INFRA / "main.bicep").read_text()
     api = (INFRA / "app" / "api.bicep").read_text()
     parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
-    assert "param corsAllowedOrigins array" in main
+    # A string, since `azd env set` cannot give an array.
+    assert "param corsAllowedOrigins string = ''" in main
+    assert parameters["corsAllowedOrigins"]["value"] == "${CORS_ALLOWED_ORIGINS=}"
+    assert "contains(split(corsOriginList, ','), '*') ? []" in main
+    assert "corsAllowedOrigins: corsOrigins" in main
     assert "allowedOrigins: corsAllowedOrigins" in api
-    assert "*" not in json.dumps(parameters["corsAllowedOrigins"])
-    assert "'*'" not in main + api

@@ -32,9 +32,8 @@ param applicationInsightsName string
 @description('App settings from main.bicep; the identity-based connection settings below are added to them.')
 param appSettings object = {}
 
-@description('Memory of each instance, in MB.')
+@description('Memory of each instance, in MB (2048 or 4096: the models need more than 512).')
 @allowed([
-  512
   2048
   4096
 ])
@@ -45,15 +44,24 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Always-ready instances for each of the http and durable groups (the models load in the durable group); 0 disables them.')
+@description('Always-ready instances of the http group (the HTTP functions); 0 disables them.')
 @minValue(0)
-param alwaysReadyInstances int = 1
+param httpAlwaysReadyInstances int = 1
+
+@description('Always-ready instances of the durable group (orchestrator and activities, where the models load); 0 disables them.')
+@minValue(0)
+param durableAlwaysReadyInstances int = 1
 
 @description('Origins allowed to call the app from a browser; never "*".')
 param corsAllowedOrigins array = []
 
 @description('Python version of the Functions runtime.')
 param runtimeVersion string = '3.11'
+
+// Flex Consumption's per-function scaling groups: `http` serves the HTTP functions, `durable`
+// runs the orchestrator and the activities (and so loads the models).
+var httpAlwaysReady = httpAlwaysReadyInstances > 0 ? [{ name: 'http', instanceCount: httpAlwaysReadyInstances }] : []
+var durableAlwaysReady = durableAlwaysReadyInstances > 0 ? [{ name: 'durable', instanceCount: durableAlwaysReadyInstances }] : []
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -107,7 +115,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
-        alwaysReady: alwaysReadyInstances > 0 ? [{ name: 'http', instanceCount: alwaysReadyInstances }, { name: 'durable', instanceCount: alwaysReadyInstances }] : []
+        alwaysReady: concat(httpAlwaysReady, durableAlwaysReady)
       }
       runtime: {
         name: 'python'

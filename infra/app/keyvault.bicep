@@ -8,9 +8,10 @@
 // (the names shared/secrets.py reads). The deploying principal gets Key Vault Secrets
 // Officer in rbac.bicep so it can do this; the app's identity gets Key Vault Secrets User.
 //
-// Purge protection is on, so a deleted vault keeps its name for the 90-day retention:
-// `azd down --purge` cannot purge it, and re-provisioning the same environment after a
-// `down` needs either `az keyvault recover` or a new keyVaultName.
+// A deleted vault stays soft-deleted for 90 days and keeps its name. With purge protection
+// (on by default, for production) nothing can purge it sooner, so re-provisioning the same
+// environment after `azd down` needs createMode 'recover' (or another vault name). Without
+// it (development environments), `azd down --purge` frees the name at once.
 
 @description('Name of the Key Vault (3-24 characters, globally unique).')
 @minLength(3)
@@ -26,8 +27,23 @@ param tags object = {}
 @description('Log Analytics workspace that receives the vault\'s audit logs; empty sends none.')
 param logAnalyticsWorkspaceId string = ''
 
+@description('Purge protection: a deleted vault cannot be purged before its retention ends. It cannot be turned off once on.')
+param enablePurgeProtection bool = true
+
+@description('default creates the vault; recover restores a soft-deleted vault of the same name.')
+@allowed([
+  'default'
+  'recover'
+])
+param createMode string = 'default'
+
+@description('Send Azure Verified Modules usage telemetry.')
+param enableTelemetry bool = true
+
 module vault 'br/public:avm/res/key-vault/vault:0.13.3' = {
-  name: 'key-vault'
+  // Not 'key-vault': main.bicep's deployment of this file has that name in the same
+  // resource group, and two deployments of one name in one scope fail (DeploymentActive).
+  name: 'key-vault-vault'
   params: {
     name: name
     location: location
@@ -36,7 +52,9 @@ module vault 'br/public:avm/res/key-vault/vault:0.13.3' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
-    enablePurgeProtection: true
+    enablePurgeProtection: enablePurgeProtection
+    createMode: createMode
+    enableTelemetry: enableTelemetry
     // Flex Consumption without a virtual network reaches the vault over its public endpoint;
     // access is still gated by Entra ID tokens and the RBAC roles in rbac.bicep.
     publicNetworkAccess: 'Enabled'

@@ -19,6 +19,9 @@ param tags object = {}
 @maxValue(730)
 param logRetentionDays int = 30
 
+@description('Send Azure Verified Modules usage telemetry.')
+param enableTelemetry bool = true
+
 module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.7.0' = {
   name: 'log-analytics'
   params: {
@@ -26,6 +29,7 @@ module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.7.0' = {
     location: location
     tags: tags
     dataRetention: logRetentionDays
+    enableTelemetry: enableTelemetry
   }
 }
 
@@ -37,6 +41,7 @@ module applicationInsights 'br/public:avm/res/insights/component:0.4.1' = {
     tags: tags
     workspaceResourceId: logAnalytics.outputs.resourceId
     disableLocalAuth: true
+    enableTelemetry: enableTelemetry
   }
 }
 
