@@ -242,12 +242,9 @@ def talk(
         text=reply.text,
         language=heard.language if heard else request.language,
         mp3=speech.mp3,
-        timings_ms={
-            "stt": heard.elapsed_ms if heard else 0,
-            "llm": reply.elapsed_ms,
-            "tts": speech.elapsed_ms,
-            "total": _ms(total),
-        },
+        timings_ms=_timings(
+            heard.elapsed_ms if heard else 0, reply.elapsed_ms, speech.elapsed_ms, total
+        ),
         providers={
             "stt": heard.provider if heard else None,
             "llm": reply.provider,
@@ -268,6 +265,13 @@ def log_success(request_id: str, total_s: float, reply_chars: int, audio_bytes: 
         audio_bytes,
     )
     log.info("[%s] MP3 bytes=%d", request_id, audio_bytes)
+
+
+def _timings(stt_ms: int, llm_ms: int, tts_ms: int, total_s: float) -> dict[str, int]:
+    # Each stage is rounded on its own: never let the rounded stages add up to more than
+    # the total, so `total - stt - llm - tts` is the time spent between them.
+    stages = {"stt": stt_ms, "llm": llm_ms, "tts": tts_ms}
+    return {**stages, "total": max(_ms(total_s), sum(stages.values()))}
 
 
 def _ms(seconds: float) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,8 +50,15 @@ def dry_run(target: str, tmp_path: Path) -> str:
     for name in ["Makefile", *(p.name for p in ROOT.glob("requirements*.txt"))]:
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copy(ROOT / "constraints.txt", tmp_path / "constraints.txt")
+    # Not the make that runs these tests: its MAKEFLAGS and MAKELEVEL would change the output.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     done = subprocess.run(
-        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+        ["make", "-n", "--no-print-directory", target],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout
 
