@@ -8,13 +8,15 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from health.api import bp as health_bp
-from shared.secrets import redact
+from shared.security.secrets import redact
 from talk.api import bp as talk_bp
+from talk.maintenance import bp as maintenance_bp
 from talk.orchestration import bp as orchestration_bp
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)
 app.register_functions(talk_bp)
 app.register_functions(orchestration_bp)
+app.register_functions(maintenance_bp)
 
 redact.install()

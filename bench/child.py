@@ -84,7 +84,8 @@ def throughput(job: dict[str, Any]) -> dict[str, Any]:
     from shared.config import get_settings
     from shared.llm.llamacpp import load_llama
     from shared.pipeline import new_request_id
-    from shared.storage import blob_store
+    from shared.security.identity import SHARED_OWNER
+    from shared.storage import blob_store, request_prefix
     from shared.stt.fasterwhisper import load_whisper_model
     from shared.tts.piper import load_piper
     from talk.orchestration import generate_activity, synthesize_activity, transcribe_activity
@@ -98,11 +99,14 @@ def throughput(job: dict[str, Any]) -> dict[str, Any]:
     def one_request(index: int) -> float:
         started = time.perf_counter()
         rid = new_request_id()
-        blob = f"{rid}/input.m4a"
+        prefix = request_prefix(SHARED_OWNER, None, rid)
+        blob = f"{prefix}input.m4a"
         store.put(blob, clips[index % len(clips)], "audio/mp4")
         heard = transcribe({"request_id": rid, "blob": blob, "language": None})
-        reply = generate({"request_id": rid, "question": heard["text"], "system_prompt": None})
-        synthesize({"request_id": rid, "text": reply["text"], "voice": None})
+        question = {"request_id": rid, "owner": SHARED_OWNER, "question": heard["text"]}
+        reply = generate({**question, "system_prompt": None})
+        said = {"request_id": rid, "owner": SHARED_OWNER, "text": reply["text"], "voice": None}
+        synthesize({**said, "blob_prefix": prefix})
         return (time.perf_counter() - started) * 1000
 
     one_request(0)  # load and warm every model first

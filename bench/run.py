@@ -11,7 +11,9 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
 - cold_start: a fresh process from `import function_app` to the first `/health` answer and
   to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
 - throughput: requests per minute with 1, 2 and 4 concurrent requests through the three
-  activities, in a fresh process, with its peak RSS and how many times each model loaded.
+  activities, in a fresh process, with its peak RSS and how many times each model loaded;
+- request_checks: what establishing the caller (function key or bearer token), counting its
+  rate limits in Table Storage and claiming the request id add to each `POST /talk`.
 
 Results go to bench/results/latest.{json,md,png}. Nothing here asserts a number.
 """
@@ -311,6 +313,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"Throughput process: peak RSS {throughput['peak_rss_mb']} MB with all three models; "
         f"model loads {throughput['model_loads']}.",
     ]
+    lines += [
+        "",
+        "| what a `POST /talk` now does besides the pipeline | p50 ms | p95 ms |",
+        "|---|---|---|",
+    ]
+    for name, row in results["request_checks"].items():
+        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,6 +344,69 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
+    """What establishing the caller and counting its requests adds to each `POST /talk`,
+    against the same Azurite and a loopback OpenID Connect issuer: each check alone, and
+    storing a request with and without the create-only id claim that now goes with it."""
+    import asyncio
+
+    from shared.security.identity import identify
+    from shared.security.ratelimit import admit
+    from shared.storage import blob_store
+    from tests.oidc import AUDIENCE, Issuer
+
+    upload = make_clips(1)[0][1]
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, work: Any) -> None:
+        started = time.perf_counter()
+        work()
+        timings.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+
+    with Issuer() as issuer:
+        key_mode = Settings(storage_connection=storage)
+        jwt_mode = replace(
+            key_mode, auth_mode="jwt", auth_issuer=issuer.url, auth_audience=AUDIENCE
+        )
+        limits = {"rate_limit_per_minute": 10**6, "rate_limit_per_day": 10**6}
+        jwt_mode = replace(jwt_mode, **limits, rate_limit_per_address_per_minute=10**6)
+        key_mode = replace(key_mode, rate_limit_per_address_per_minute=10**6)
+        phone = {"x-forwarded-for": "203.0.113.7:50000"}
+        signed_in = {"authorization": f"Bearer {issuer.token('alice')}"}
+        store = blob_store(key_mode)
+        identify(signed_in, jwt_mode)  # the issuer's keys, read once
+        admit(identify(phone, key_mode), key_mode)  # the table, created once
+        admit(identify(signed_in, jwt_mode), jwt_mode)
+        store.put("bench/warm", b"", "text/plain")
+
+        async def store_request(index: int, claimed: bool) -> None:
+            writes = [asyncio.to_thread(store.put, f"bench/{index}/input.m4a", upload, "x")]
+            if claimed:
+                writes.append(asyncio.to_thread(store.put, f"request-ids/b{index}", b"", "x"))
+            await asyncio.gather(*writes)
+
+        for index in range(20 * repeats):  # interleaved
+            timed("identify, key mode", lambda: identify(phone, key_mode))
+            timed("identify, jwt mode (token checked)", lambda: identify(signed_in, jwt_mode))
+            timed(
+                "rate limit per address (key mode)",
+                lambda: admit(identify(phone, key_mode), key_mode),
+            )
+            timed(
+                "rate limits per caller, minute and day (jwt mode)",
+                lambda: admit(identify(signed_in, jwt_mode), jwt_mode),
+            )
+            timed(
+                "store the upload",
+                lambda index=index: asyncio.run(store_request(2 * index, False)),
+            )
+            timed(
+                "store the upload and claim its id (concurrently)",
+                lambda index=index: asyncio.run(store_request(2 * index + 1, True)),
+            )
+    return {name: percentiles(values) for name, values in timings.items()}
+
+
 def run(quick: bool, out: Path) -> dict[str, Any]:
     from tools.convert_whisper import bundled_model_dir, convert
 
@@ -356,6 +428,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             clips, repeats, storage
         )
         results["cold_start"] = bench_cold_start(clips[0][1], storage)
+        results["request_checks"] = bench_request_checks(storage, repeats)
         results["throughput"] = bench_throughput(
             clips, storage, levels=[1, 2] if quick else [1, 2, 4], per_level=2 if quick else 8
         )

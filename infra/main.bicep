@@ -217,6 +217,46 @@ param voices string = ''
 @description('SYSTEM_PROMPT: system prompt for the reply; empty leaves the app\'s built-in prompt (the setting is then not written at all).')
 param systemPrompt string = ''
 
+@description('AUTH_MODE: key (the function key only, as the Android app ships) or jwt (also a bearer token from authIssuer; each caller\'s data is theirs alone).')
+@allowed([
+  'key'
+  'jwt'
+])
+param authMode string = 'key'
+
+@description('AUTH_ISSUER: OpenID Connect issuer of the bearer tokens when authMode is jwt, e.g. https://login.microsoftonline.com/<tenant id>/v2.0.')
+param authIssuer string = ''
+
+@description('AUTH_AUDIENCE: audience the bearer tokens must be for when authMode is jwt, e.g. api://talk-backend.')
+param authAudience string = ''
+
+@description('CLIENT_SYSTEM_PROMPT: what a request\'s system_prompt does: ignore, append (a capped preference), or replace (trusted single-tenant set-ups only).')
+@allowed([
+  'ignore'
+  'append'
+  'replace'
+])
+param clientSystemPrompt string = 'ignore'
+
+@description('ALLOW_VOICE_IDS: on lets a request name any ElevenLabs voice id, not only a VOICES persona.')
+@allowed([
+  'on'
+  'off'
+])
+param allowVoiceIds string = 'off'
+
+@description('RATE_LIMIT_PER_MINUTE: POST /talk requests per signed-in caller per minute (authMode jwt); 0 for no limit.')
+@minValue(0)
+param rateLimitPerMinute int = 20
+
+@description('RATE_LIMIT_PER_DAY: POST /talk requests per signed-in caller per day (authMode jwt); 0 for no limit.')
+@minValue(0)
+param rateLimitPerDay int = 500
+
+@description('RATE_LIMIT_PER_ADDRESS_PER_MINUTE: POST /talk requests per client address per minute; a ceiling that protects the provider accounts (carrier NAT puts many phones behind one address); 0 for no limit.')
+@minValue(0)
+param rateLimitPerAddressPerMinute int = 120
+
 // ---------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------
@@ -467,6 +507,15 @@ var appSettings = {
   TTS_CACHE: ttsCache
   LLM_CACHE: llmCache
   CACHE_TTL_HOURS: string(cacheTtlHours)
+  AUDIO_RETENTION_DAYS: string(audioRetentionDays)
+  AUTH_MODE: authMode
+  AUTH_ISSUER: authIssuer
+  AUTH_AUDIENCE: authAudience
+  CLIENT_SYSTEM_PROMPT: clientSystemPrompt
+  ALLOW_VOICE_IDS: allowVoiceIds
+  RATE_LIMIT_PER_MINUTE: string(rateLimitPerMinute)
+  RATE_LIMIT_PER_DAY: string(rateLimitPerDay)
+  RATE_LIMIT_PER_ADDRESS_PER_MINUTE: string(rateLimitPerAddressPerMinute)
 }
 
 module api './app/api.bicep' = {

@@ -142,6 +142,37 @@ class Settings:
     storage_client_id: str = _setting(
         "", "Client id of the identity for storage.", env="AzureWebJobsStorage__clientId"
     )
+    auth_mode: str = _setting(
+        "key",
+        "`key`: the function key only (the Android app as shipped); `jwt`: also a bearer token "
+        "from `AUTH_ISSUER`, and each caller's data is theirs alone.",
+    )
+    auth_issuer: str = _setting(
+        "", "OpenID Connect issuer of the bearer tokens (`AUTH_MODE=jwt`), exactly as `iss`."
+    )
+    auth_audience: str = _setting(
+        "", "Audience the bearer tokens must be for (`AUTH_MODE=jwt`), exactly as `aud`."
+    )
+    client_system_prompt: str = _setting(
+        "ignore",
+        "What a request's `system_prompt` does: `ignore` (logged, not used), `append` (a "
+        "delimited, length-capped preference after `SYSTEM_PROMPT`) or `replace`.",
+    )
+    allow_voice_ids: str = _setting(
+        "off", "`on` lets a request name a raw ElevenLabs voice id, not only a `VOICES` persona."
+    )
+    rate_limit_per_minute: int = _setting(
+        20, "`POST /talk` requests per caller per minute (`AUTH_MODE=jwt`); 0 for no limit."
+    )
+    rate_limit_per_day: int = _setting(
+        500, "`POST /talk` requests per caller per day (`AUTH_MODE=jwt`); 0 for no limit."
+    )
+    rate_limit_per_address_per_minute: int = _setting(
+        120, "`POST /talk` requests per client address per minute; 0 for no limit."
+    )
+    audio_retention_days: int = _setting(
+        7, "Days requests are kept (blobs by the lifecycle rule, Durable history by the app)."
+    )
     log_level: str = _setting("INFO", "Python logging level.")
     conversation_turns: int = _setting(6, "Past turns of a conversation sent with a question.")
     conversation_max_turns: int = _setting(50, "Most turns a conversation keeps.")
@@ -216,6 +247,27 @@ class Settings:
         if self.http_retries < 0:
             raise ConfigError("HTTP_RETRIES must be 0 or more")
         self.voice_map()  # raises on a malformed VOICES
+        _one_of("AUTH_MODE", self.auth_mode, ("key", "jwt"))
+        _one_of("CLIENT_SYSTEM_PROMPT", self.client_system_prompt, ("ignore", "append", "replace"))
+        _one_of("ALLOW_VOICE_IDS", self.allow_voice_ids, ("on", "off"))
+        if self.auth_mode == "jwt":
+            if not (self.auth_issuer and self.auth_audience):
+                raise ConfigError("AUTH_MODE=jwt needs AUTH_ISSUER and AUTH_AUDIENCE")
+            from shared.security.tokens import check_issuer_url
+
+            try:
+                check_issuer_url(self.auth_issuer)
+            except ValueError:
+                raise ConfigError("AUTH_ISSUER must be an https:// address") from None
+        for name in (
+            "rate_limit_per_minute",
+            "rate_limit_per_day",
+            "rate_limit_per_address_per_minute",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be 0 or more")
+        if self.audio_retention_days < 1:
+            raise ConfigError("AUDIO_RETENTION_DAYS must be at least 1")
         if not 0 < self.talk_wait_seconds <= 230:
             # Azure's load balancer cuts HTTP requests at 230 s.
             raise ConfigError("TALK_WAIT_SECONDS must be more than 0 and at most 230")

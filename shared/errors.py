@@ -63,6 +63,13 @@ class NoSpeech(BadInput):
     code = "no_speech"
 
 
+class NotFound(TalkError):
+    """Nothing of that id belongs to the caller (whether or not it exists for another)."""
+
+    status = 404
+    code = "not_found"
+
+
 class ConfigError(TalkError):
     """A setting has a value the service cannot run with."""
 

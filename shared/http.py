@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 
 from shared.config import Settings
 from shared.errors import ProviderError
-from shared.secrets import redact
+from shared.security.secrets import redact
 
 log = logging.getLogger(__name__)
 

@@ -8,20 +8,21 @@ tests. Every stage is timed and logs the operator lines of the original backend.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.audio import decode_audio
-from shared.cache import cache_key, response_cache
 from shared.config import Settings
-from shared.conversations import conversation_store, new_turn
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
-from shared.llm import build_messages, get_generator
+from shared.llm import build_messages, compose_system_prompt, get_generator
 from shared.llm.speech_text import clean_for_speech
 from shared.providers import default_secrets
-from shared.secrets import MissingSecret, SecretStore
+from shared.security.identity import SHARED_OWNER
+from shared.security.secrets import MissingSecret, SecretStore
+from shared.storage.cache import cache_key, response_cache
+from shared.storage.conversations import conversation_store, new_turn
 from shared.stt import get_transcriber
 from shared.tts import embedded_synthesizer, get_synthesizer
 
@@ -29,7 +30,8 @@ log = logging.getLogger("talk")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:8]
+    """128 random bits: an id no one can guess, and that no two requests share."""
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,11 @@ def generate(
     system_prompt: str | None = None,
     secrets: SecretStore | None = None,
     history: Sequence[tuple[str, str]] = (),
+    owner: str = SHARED_OWNER,
+    in_conversation: bool = False,
 ) -> Reply:
+    """The reply to `question`. `system_prompt` is the client's, applied as
+    `CLIENT_SYSTEM_PROMPT` says; `owner` scopes the reply cache to its caller."""
     question = question.strip()
     if not question:
         raise NoInput("the question is empty")
@@ -124,10 +130,13 @@ def generate(
         )
     started = time.perf_counter()
     generator = get_generator(settings, secrets or default_secrets(settings))
-    system_prompt = system_prompt or settings.system_prompt
+    system_prompt = compose_system_prompt(
+        settings.system_prompt, system_prompt, settings.client_system_prompt
+    )
     # A warm assistant need not say the same thing twice: replies are cached only on request,
     # and never within a conversation.
-    cache = response_cache(settings) if settings.llm_cache == "on" and not history else None
+    cacheable = settings.llm_cache == "on" and not (history or in_conversation)
+    cache = response_cache(settings) if cacheable else None
     key = cache_key(
         "llm",
         {
@@ -139,6 +148,7 @@ def generate(
             "max_sentences": settings.reply_max_sentences,
         },
         question.lower(),
+        scope=owner,
     )
     if cache and (hit := cache.get(key)) is not None:
         elapsed = time.perf_counter() - started
@@ -169,11 +179,17 @@ def synthesize(
     settings: Settings,
     voice: str | None = None,
     secrets: SecretStore | None = None,
+    owner: str = SHARED_OWNER,
 ) -> Speech:
+    """`text` spoken as MP3. Speech is cached for everyone in key mode (there is one
+    owner); a signed-in caller's speech is cached under that caller, so it is erased with
+    them."""
     started = time.perf_counter()
     synthesizer = get_synthesizer(settings, secrets or default_secrets(settings))
     cache = response_cache(settings) if settings.tts_cache == "on" else None
-    if cache and (hit := cache.get(cache_key("tts", synthesizer.identity(voice), text))):
+    scope = "" if owner == SHARED_OWNER else owner
+    key = cache_key("tts", synthesizer.identity(voice), text, scope=scope)
+    if cache and (hit := cache.get(key)):
         elapsed = time.perf_counter() - started
         log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
         return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
@@ -191,7 +207,8 @@ def synthesize(
         synthesizer = embedded_synthesizer(settings)
         mp3 = synthesizer.synthesize(text, voice=voice)
     if cache:
-        cache.put(cache_key("tts", synthesizer.identity(voice), text), mp3, "audio/mpeg")
+        key = cache_key("tts", synthesizer.identity(voice), text, scope=scope)
+        cache.put(key, mp3, "audio/mpeg")
     elapsed = time.perf_counter() - started
     log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
     return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
@@ -213,11 +230,14 @@ def talk(
         question = request.text
     else:
         raise NoInput("send audio or text")
+    # The command line is its operator's own: a conversation id it names is started on
+    # first use (the HTTP API only continues conversations it issued).
     conversations = conversation_store(settings) if request.conversation_id else None
     history = []
     if conversations and request.conversation_id:
-        turns = conversations.turns(request.conversation_id)[-settings.conversation_turns :]
-        history = [(turn.question, turn.reply) for turn in turns]
+        conversations.start(SHARED_OWNER, request.conversation_id)
+        turns = conversations.turns(SHARED_OWNER, request.conversation_id) or []
+        history = [(turn.question, turn.reply) for turn in turns[-settings.conversation_turns :]]
     reply = generate(
         question,
         request_id=rid,
@@ -232,7 +252,9 @@ def talk(
     if conversations and request.conversation_id:
         language = heard.language if heard else request.language
         conversations.append(
-            request.conversation_id, new_turn(rid, question.strip(), reply.text, language)
+            SHARED_OWNER,
+            request.conversation_id,
+            new_turn(rid, question.strip(), reply.text, language),
         )
     total = time.perf_counter() - started
     log_success(rid, total, len(reply.text), len(speech.mp3))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from shared.config import Settings
 from shared.http import ProviderHttp, RetryPolicy
 from shared.lazy import load_once
-from shared.secrets import SecretStore, build_secret_store
+from shared.security.secrets import SecretStore, build_secret_store
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from shared.config import Settings
-from shared.conversations import validate_conversation_id
 from shared.errors import AudioTooLarge, BadInput, NoInput, TextTooLong
+from shared.storage.conversations import validate_conversation_id
+from shared.tts.elevenlabs import is_voice_id
 
 # Extensions a stored upload may get; anything else is stored as `.bin`.
 _EXTENSIONS = {
@@ -75,6 +76,16 @@ class TalkInput:
     language: str | None
     system_prompt: str | None
     conversation_id: str | None = None
+
+    def fields(self) -> dict[str, str | None]:
+        """Everything besides the audio, for telling two requests apart."""
+        return {
+            "text": self.text,
+            "voice": self.voice,
+            "language": self.language,
+            "system_prompt": self.system_prompt,
+            "conversation_id": self.conversation_id,
+        }
 
 
 def parse_talk_input(
@@ -170,6 +181,14 @@ def _validated(
     voice = (fields.get("voice") or "").strip() or None
     if voice is not None and len(voice) > MAX_FIELD_CHARS:
         raise BadInput(f"voice must be at most {MAX_FIELD_CHARS} characters")
+    if (
+        voice is not None
+        and settings.allow_voice_ids != "on"
+        and is_voice_id(voice)
+        and voice.lower() not in settings.voice_map()
+    ):
+        # The operator's account would speak in any voice it can reach, cloned ones too.
+        raise BadInput("voice must be a persona name; voice ids are not accepted")
     system_prompt = fields.get("system_prompt") or None
     if system_prompt is not None and len(system_prompt) > settings.max_text_chars:
         raise TextTooLong(

@@ -1,9 +1,14 @@
-"""`POST /talk` and `GET /talk/{request_id}`: thin HTTP functions over the orchestration."""
+"""`POST /talk`, `GET /talk/{request_id}`, the conversation routes and `DELETE /talk/me`:
+thin HTTP functions over the orchestration.
+
+Every route first establishes the caller (`shared.security.identity`); what is stored
+carries the caller's owner, and a request, conversation or reply that is not the caller's
+answers 404, exactly as one that does not exist.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -15,10 +20,24 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared.config import Settings, get_settings
-from shared.conversations import conversation_store, validate_conversation_id
-from shared.errors import BadInput, TalkError
+from shared.errors import NotFound, TalkError
 from shared.pipeline import new_request_id
-from shared.storage import blob_store
+from shared.security.identity import Caller, Unauthorized, identify
+from shared.security.ratelimit import RateLimited, admit
+from shared.storage import BlobStore, StorageUnavailable, blob_store, erasure, request_prefix
+from shared.storage.conversations import (
+    conversation_store,
+    open_conversation,
+    validate_conversation_id,
+)
+from shared.storage.erasure import Scope
+from shared.storage.idempotency import (
+    Claim,
+    IdempotencyKeyReused,
+    IdempotencyRecords,
+    fingerprint,
+    validate_key,
+)
 from shared.talk_input import parse_talk_input
 from talk.orchestration import ORCHESTRATOR
 from talk.responses import (
@@ -31,15 +50,40 @@ from talk.responses import (
 bp = df.Blueprint()
 log = logging.getLogger("talk")
 
-_REQUEST_ID = re.compile(r"^[0-9a-f]{8}$")
-MAX_IDEMPOTENCY_KEY = 255
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 _FIRST_POLL_S, _MAX_POLL_S = 0.05, 0.5
+# How long a claimed Idempotency-Key may wait for its orchestration to appear before a
+# retry decides the first attempt died and takes the claim over.
+CLAIM_GRACE_S = 10.0
 _DONE = {
     df.OrchestrationRuntimeStatus.Completed,
     df.OrchestrationRuntimeStatus.Failed,
     df.OrchestrationRuntimeStatus.Terminated,
     df.OrchestrationRuntimeStatus.Canceled,
 }
+NOT_ACCEPTABLE = "Accept must allow application/json or audio/mpeg"
+
+
+class RequestIdCollision(TalkError):
+    status = 503
+    code = "collision"
+
+
+class StillRunning(TalkError):
+    status = 409
+    code = "still_running"
+
+
+def refused(error: TalkError, rid: str | None) -> func.HttpResponse:
+    """The error response for a typed failure, with the headers its status calls for."""
+    headers = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, StillRunning):
+        headers["Retry-After"] = "5"
+    return error_response(error.status, error.message, rid, error.code, headers)
 
 
 @bp.route(route="talk", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
@@ -51,40 +95,77 @@ async def talk_start(
     rid = new_request_id()
     response_format = preferred_format(req.headers.get("Accept"))
     if response_format is None:
-        return error_response(
-            406, "Accept must allow application/json or audio/mpeg", rid, "not_acceptable"
-        )
+        return error_response(406, NOT_ACCEPTABLE, rid, "not_acceptable")
+    claim: Claim | None = None
     try:
         settings = get_settings()
-        idempotency = idempotency_blob(req.headers.get("Idempotency-Key"))
+        caller = await asyncio.to_thread(identify, req.headers, settings)
+        # Counted before anything is parsed, stored or sent to a provider.
+        await asyncio.to_thread(admit, caller, settings)
+        key = validate_key(req.headers.get("Idempotency-Key"))
         talk_input = parse_talk_input(
             req.headers.get("Content-Type"),
             req.get_body(),
             settings,
             req.headers.get("X-Conversation-Id"),
         )
+        if talk_input.system_prompt and settings.client_system_prompt == "ignore":
+            log.info("[%s] system_prompt from the client not used (CLIENT_SYSTEM_PROMPT)", rid)
+        conversation = await asyncio.to_thread(
+            open_conversation, caller.owner, talk_input.conversation_id, settings
+        )
         store = blob_store(settings)
+        if key:
+            records = IdempotencyRecords(store)
+            print_ = fingerprint(talk_input.audio, talk_input.fields())
+            claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
+            if not claim.mine:
+                if claim.fingerprint != print_:
+                    raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
+                claim = await _settle_claim(client, records, caller, key, claim, rid)
+                if not claim.mine:
+                    first = claim.request_id
+                    log.info(
+                        "[%s] /talk retried with its Idempotency-Key: answering %s", rid, first
+                    )
+                    return await _wait_and_answer(client, first, response_format, started, settings)
+        prefix = request_prefix(caller.owner, conversation.id if conversation else None, rid)
         job: dict[str, Any] = {
             "request_id": rid,
+            "owner": caller.owner,
+            "blob_prefix": prefix,
             "text": talk_input.text,
             "voice": talk_input.voice,
             "language": talk_input.language,
-            "system_prompt": talk_input.system_prompt,
-            "conversation_id": talk_input.conversation_id,
-            "history_turns": settings.conversation_turns,
+            # In `ignore` mode the client's prompt is not even kept in the request's history.
+            "system_prompt": talk_input.system_prompt
+            if settings.client_system_prompt != "ignore"
+            else None,
+            "conversation": asdict(conversation) if conversation else None,
         }
         if talk_input.audio is not None:
-            blob = f"{rid}/input.{talk_input.audio_extension}"
-            # Stored before the orchestration starts: nothing the user sent is lost.
-            await asyncio.to_thread(store.put, blob, talk_input.audio, "application/octet-stream")
-            job["audio_blob"] = blob
-        if idempotency:
-            first = await asyncio.to_thread(store.claim, idempotency, rid)
-            if first != rid:
-                log.info("[%s] /talk retried with its Idempotency-Key: answering %s", rid, first)
-                return await _wait_and_answer(client, first, response_format, started, settings)
+            job["audio_blob"] = f"{prefix}input.{talk_input.audio_extension}"
+            payload, content_type = talk_input.audio, "application/octet-stream"
+        else:
+            job["audio_blob"] = None
+            payload, content_type = b"{}", "application/json"
+        await _store_request(
+            store, rid, job["audio_blob"] or f"{prefix}request.json", payload, content_type
+        )
+        if claim is not None:
+            confirmed = await asyncio.to_thread(records.confirm, caller.owner, key, claim)
+            if confirmed is None:  # a retry took the key over while this one was slow
+                current = await asyncio.to_thread(records.current, caller.owner, key)
+                if current is not None:
+                    log.info("[%s] /talk overtaken by its retry %s", rid, current.request_id)
+                    return await _wait_and_answer(
+                        client, current.request_id, response_format, started, settings
+                    )
+            claim = confirmed
     except TalkError as error:
-        return error_response(error.status, error.message, rid, error.code)
+        if claim is not None and claim.mine:  # nothing started: a retry starts afresh
+            await _release(settings, caller, key, claim)
+        return refused(error, rid)
     log.info(
         "[%s] /talk accepted %s",
         rid,
@@ -94,20 +175,81 @@ async def talk_start(
         await client.start_new(ORCHESTRATOR, instance_id=rid, client_input=job)
     except Exception as error:  # the Durable extension itself did not answer
         log.error("[%s] orchestration unavailable: %s", rid, type(error).__name__)
-        if idempotency:  # let a retry with the same key start afresh
-            await asyncio.to_thread(store.delete, idempotency)
+        if claim is not None:  # let a retry with the same key start afresh
+            await _release(settings, caller, key, claim)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     return await _wait_and_answer(client, rid, response_format, started, settings)
 
 
-def idempotency_blob(key: str | None) -> str | None:
-    """Where the request id for a client's `Idempotency-Key` is kept (the key hashed)."""
-    if key is None:
-        return None
-    key = key.strip()
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise BadInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
-    return f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}"
+async def _store_request(
+    store: BlobStore, rid: str, name: str, payload: bytes, content_type: str
+) -> None:
+    """Store the request before its orchestration starts, so nothing the user sent is lost.
+
+    Both writes are create-only: `request-ids/<id>` claims the id across all owners (it is
+    the Durable instance id too), and the request itself lands under its owner's prefix.
+    A request id issued twice would overwrite nothing; it is refused instead.
+    """
+    claimed, stored = await asyncio.gather(
+        asyncio.to_thread(store.put, f"request-ids/{rid}", b"", "text/plain", overwrite=False),
+        asyncio.to_thread(store.put, name, payload, content_type, overwrite=False),
+    )
+    if claimed and stored:
+        return
+    if stored:  # ours, under an id that is not
+        await asyncio.to_thread(store.delete, name)
+    log.error("[%s] request id collision: nothing overwritten", rid)
+    raise RequestIdCollision("the request could not be stored, retry it")
+
+
+async def _release(settings: Settings, caller: Caller, key: str, claim: Claim) -> None:
+    records = IdempotencyRecords(blob_store(settings))
+    try:
+        await asyncio.to_thread(records.release, caller.owner, key, claim)
+    except TalkError as error:
+        log.warning("Could not release an Idempotency-Key: %s", error.message)
+
+
+async def _settle_claim(
+    client: df.DurableOrchestrationClient,
+    records: IdempotencyRecords,
+    caller: Caller,
+    key: str,
+    claim: Claim,
+    rid: str,
+) -> Claim:
+    """The claim a retry follows: the first attempt's (answer its request), or this
+    retry's own (`mine`, as `rid`) when the first never started its orchestration or failed
+    for a transient reason, which a retry may fix, so its answer is not replayed."""
+    while True:
+        try:
+            status = await client.get_status(claim.request_id)
+        except Exception as error:  # the Durable extension itself did not answer
+            log.error("[%s] status unavailable: %s", rid, type(error).__name__)
+            raise StorageUnavailable("processing is unavailable, retry shortly") from None
+        exists = status is not None and status.runtime_status is not None
+        if exists and not _failed_transiently(status):
+            return claim
+        if not exists and time.time() - claim.claimed_at < CLAIM_GRACE_S:
+            await asyncio.sleep(0.25)  # the first attempt may still be starting it
+            continue
+        taken = await asyncio.to_thread(records.take_over, caller.owner, key, claim, rid)
+        if taken is not None:
+            log.info("[%s] took over the Idempotency-Key of %s", rid, claim.request_id)
+            return taken
+        # Another retry took it over first, or it was released: follow what is there now.
+        claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, claim.fingerprint)
+        if claim.mine:
+            return claim
+
+
+def _failed_transiently(status: df.DurableOrchestrationStatus) -> bool:
+    if status.runtime_status not in _DONE:
+        return False
+    output = status.output
+    if status.runtime_status is not df.OrchestrationRuntimeStatus.Completed:
+        return True
+    return isinstance(output, dict) and output.get("error", {}).get("status", 200) >= 500
 
 
 async def _wait_and_answer(
@@ -131,21 +273,35 @@ async def talk_result(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     rid = req.route_params.get("request_id", "")
-    if not _REQUEST_ID.match(rid):
-        return error_response(404, "unknown request id", None, "not_found")
     response_format = preferred_format(req.headers.get("Accept"))
     if response_format is None:
-        return error_response(
-            406, "Accept must allow application/json or audio/mpeg", rid, "not_acceptable"
-        )
+        return error_response(406, NOT_ACCEPTABLE, None, "not_acceptable")
     try:
-        status = await client.get_status(rid)
-    except Exception as error:  # the Durable extension itself did not answer
-        log.error("[%s] status unavailable: %s", rid, type(error).__name__)
-        return error_response(503, "status is unavailable, retry shortly", rid, "unavailable")
-    if status is None or status.runtime_status is None:
-        return error_response(404, "unknown request id", rid, "not_found")
+        caller = await asyncio.to_thread(identify, req.headers, get_settings())
+        if not _REQUEST_ID.match(rid):
+            raise NotFound("unknown request id")
+        try:
+            status = await client.get_status(rid, show_input=True)
+        except Exception as error:  # the Durable extension itself did not answer
+            log.error("[%s] status unavailable: %s", rid, type(error).__name__)
+            return error_response(503, "status is unavailable, retry shortly", rid, "unavailable")
+        if not _owned_by(status, caller):
+            raise NotFound("unknown request id")
+    except TalkError as error:
+        return refused(error, rid if _REQUEST_ID.match(rid) else None)
     return await _answer(status, rid, response_format, None)
+
+
+def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> bool:
+    if status is None or status.runtime_status is None:
+        return False
+    job = status.input_
+    if isinstance(job, str):  # some hosts hand the input back as its JSON text
+        try:
+            job = json.loads(job)
+        except ValueError:
+            return False
+    return isinstance(job, dict) and job.get("owner") == caller.owner
 
 
 async def _wait_for_completion(
@@ -194,22 +350,74 @@ async def _answer(
     methods=["GET", "DELETE"],
     auth_level=func.AuthLevel.FUNCTION,
 )
-def talk_conversation(req: func.HttpRequest) -> func.HttpResponse:
-    """`GET` a conversation's turns, so an app can show the chat; `DELETE` forgets it."""
+@bp.durable_client_input(client_name="client")
+async def talk_conversation(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """`GET` a conversation's turns, so an app can show the chat; `DELETE` erases it: its
+    turns, its requests' audio and replies, and their Durable histories."""
     try:
+        settings = get_settings()
+        caller = await asyncio.to_thread(identify, req.headers, settings)
         conversation_id = validate_conversation_id(req.route_params.get("conversation_id"))
         if conversation_id is None:
-            raise BadInput("conversation_id is empty")
-        store = conversation_store(get_settings())
+            raise NotFound("unknown conversation")
         if req.method == "DELETE":
-            if not store.delete(conversation_id):
-                return error_response(404, "unknown conversation", None, "not_found")
-            log.info("Conversation %s forgotten", conversation_id)
+            await _erase(client, Scope(caller.owner, conversation_id), settings)
             return func.HttpResponse(status_code=204)
-        turns = store.turns(conversation_id)
+        turns = await asyncio.to_thread(
+            conversation_store(settings).turns, caller.owner, conversation_id
+        )
+        if turns is None:
+            raise NotFound("unknown conversation")
     except TalkError as error:
-        return error_response(error.status, error.message, None, error.code)
-    if not turns:
-        return error_response(404, "unknown conversation", None, "not_found")
+        return refused(error, None)
     body = {"conversation_id": conversation_id, "turns": [asdict(turn) for turn in turns]}
     return func.HttpResponse(json.dumps(body, ensure_ascii=False), mimetype="application/json")
+
+
+@bp.route(route="talk/me", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def talk_forget_me(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Erase everything of the signed-in caller (`AUTH_MODE=jwt`; in key mode there is no
+    caller of one's own to erase)."""
+    try:
+        settings = get_settings()
+        caller = await asyncio.to_thread(identify, req.headers, settings)
+        if not caller.authenticated:
+            raise NotFound("there is no signed-in caller to erase (AUTH_MODE=key)")
+        await _erase(client, Scope(caller.owner), settings, must_exist=False)
+    except TalkError as error:
+        return refused(error, None)
+    return func.HttpResponse(status_code=204)
+
+
+async def _erase(
+    client: df.DurableOrchestrationClient, scope: Scope, settings: Settings, must_exist: bool = True
+) -> None:
+    """Erase `scope`: NotFound if nothing of it is left; StillRunning (409) while one of
+    its requests runs, since it would write a reply or a turn after the erasure. The
+    Durable histories go first, so a failure part way leaves what a retry finds again."""
+    if must_exist and not await asyncio.to_thread(erasure.exists, scope, settings):
+        raise NotFound("unknown conversation")
+    request_ids = await asyncio.to_thread(erasure.request_ids, scope, settings)
+    try:
+        for rid in request_ids:
+            status = await client.get_status(rid)
+            if status is not None and status.runtime_status not in (None, *_DONE):
+                raise StillRunning("a request is still being answered; retry in a few seconds")
+        for rid in request_ids:
+            await client.purge_instance_history(rid)
+    except TalkError:
+        raise
+    except Exception as error:  # the Durable extension itself did not answer
+        log.error("Request histories not purged: %s", type(error).__name__)
+        raise StorageUnavailable("the request histories could not be erased, retry") from None
+    await asyncio.to_thread(erasure.erase, scope, request_ids, settings)
+    log.info(
+        "Erased %s with %d requests",
+        "a conversation" if scope.conversation_id else "a caller",
+        len(request_ids),
+    )

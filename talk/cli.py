@@ -13,11 +13,11 @@ from pathlib import Path
 import dotenv
 
 from shared.config import Settings, get_settings
-from shared.conversations import validate_conversation_id
 from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
-from shared.secrets import SecretStore, redact
+from shared.security.secrets import SecretStore, redact
+from shared.storage.conversations import validate_conversation_id
 from talk.remote import ask_backend
 
 log = logging.getLogger("talk")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared.config import get_settings
-from shared.conversations import Turn, conversation_store
 from shared.errors import BadInput, ConfigError, TalkError, error_payload
 from shared.pipeline import generate, synthesize, transcribe
-from shared.storage import blob_store
+from shared.storage import StorageUnavailable, blob_store
+from shared.storage.conversations import Turn, conversation_store
 
 bp = df.Blueprint()
 
@@ -49,10 +50,6 @@ def failure_from_task_error(error: Exception) -> dict[str, Any]:
         "code": "processing_failed",
         "message": "the request could not be processed",
     }
-
-
-def reply_blob(request_id: str) -> str:
-    return f"{request_id}/reply.mp3"
 
 
 class _Refused(Exception):
@@ -88,36 +85,40 @@ def talk_orchestrator(
                 {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
             )
         question = heard["text"] if heard else job["text"]
-        conversation_id = job.get("conversation_id")
-        history = []
-        if conversation_id:
-            remembered = yield from _call(
-                context,
-                "load_history",
-                {"conversation_id": conversation_id, "turns": job["history_turns"]},
-            )
-            history = remembered["history"]
+        # The HTTP function checked the conversation belongs to the caller and read its
+        # history: no activity (and no queue hop) is spent on it here.
+        conversation = job.get("conversation")
         reply = yield from _call(
             context,
             "generate",
             {
                 "request_id": rid,
+                "owner": job["owner"],
                 "question": question,
                 "system_prompt": job.get("system_prompt"),
-                "history": history,
+                "history": conversation["history"] if conversation else [],
+                "in_conversation": conversation is not None,
             },
         )
         speech = yield from _call(
             context,
             "synthesize",
-            {"request_id": rid, "text": reply["text"], "voice": job.get("voice")},
+            {
+                "request_id": rid,
+                "owner": job["owner"],
+                "blob_prefix": job["blob_prefix"],
+                "text": reply["text"],
+                "voice": job.get("voice"),
+            },
         )
-        if conversation_id:
+        if conversation:
             yield from _call(
                 context,
                 "save_turn",
                 {
-                    "conversation_id": conversation_id,
+                    "owner": job["owner"],
+                    "conversation_id": conversation["id"],
+                    "new": conversation["new"],
                     "request_id": rid,
                     "question": question,
                     "reply": reply["text"],
@@ -150,7 +151,7 @@ def talk_orchestrator(
             "llm": reply["provider"],
             "tts": speech["provider"],
         },
-        "conversation_id": conversation_id,
+        "conversation_id": conversation["id"] if conversation else None,
         "cache": [stage for stage, result in (("llm", reply), ("tts", speech)) if result["cached"]],
     }
 
@@ -195,6 +196,8 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
             settings=get_settings(),
             system_prompt=job.get("system_prompt"),
             history=[tuple(turn) for turn in job.get("history", [])],
+            owner=job["owner"],
+            in_conversation=job.get("in_conversation", False),
         )
         return {
             "text": reply.text,
@@ -212,10 +215,17 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         settings = get_settings()
         speech = synthesize(
-            job["text"], request_id=job["request_id"], settings=settings, voice=job.get("voice")
+            job["text"],
+            request_id=job["request_id"],
+            settings=settings,
+            voice=job.get("voice"),
+            owner=job["owner"],
         )
-        blob = reply_blob(job["request_id"])
-        blob_store(settings).put(blob, speech.mp3, "audio/mpeg")
+        # A name of its own per attempt, written create-only: a retried synthesize never
+        # overwrites a reply, and a colliding request id could not either.
+        blob = f"{job['blob_prefix']}reply-{secrets.token_hex(4)}.mp3"
+        if not blob_store(settings).put(blob, speech.mp3, "audio/mpeg", overwrite=False):
+            raise StorageUnavailable(f"{blob} exists already")
         return {
             "blob": blob,
             "bytes": len(speech.mp3),
@@ -227,16 +237,6 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
     return _stage(work)
 
 
-@bp.function_name("load_history")
-@bp.activity_trigger(input_name="job")
-def load_history_activity(job: dict[str, Any]) -> dict[str, Any]:
-    def work() -> dict[str, Any]:
-        turns = conversation_store(get_settings()).turns(job["conversation_id"])
-        return {"history": [[t.question, t.reply] for t in turns[-job["turns"] :]]}
-
-    return _stage(work)
-
-
 @bp.function_name("save_turn")
 @bp.activity_trigger(input_name="job")
 def save_turn_activity(job: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +244,10 @@ def save_turn_activity(job: dict[str, Any]) -> dict[str, Any]:
         turn = Turn(
             job["request_id"], job["question"], job["reply"], job.get("language"), job["at"]
         )
-        conversation_store(get_settings()).append(job["conversation_id"], turn)
-        return {"saved": True}
+        store = conversation_store(get_settings())
+        if job["new"]:
+            store.start(job["owner"], job["conversation_id"])
+        # False when the conversation was erased while this request ran: it stays erased.
+        return {"saved": store.append(job["owner"], job["conversation_id"], turn)}
 
     return _stage(work)

@@ -29,15 +29,17 @@ def preferred_format(accept: str | None) -> str | None:
 
 
 def error_response(
-    status: int, message: str, request_id: str | None, code: str = "error"
+    status: int,
+    message: str,
+    request_id: str | None,
+    code: str = "error",
+    headers: dict[str, str] | None = None,
 ) -> func.HttpResponse:
     log.info("[%s] Backend response code: %d (%s)", request_id, status, code)
     body = {"error": message, "code": code, "request_id": request_id}
+    all_headers = {**({"X-Request-Id": request_id} if request_id else {}), **(headers or {})}
     return func.HttpResponse(
-        json.dumps(body),
-        status_code=status,
-        mimetype=JSON,
-        headers={"X-Request-Id": request_id} if request_id else None,
+        json.dumps(body), status_code=status, mimetype=JSON, headers=all_headers or None
     )
 
 

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from shared.config import Settings, get_settings
-from shared.secrets import SECRET_NAMES
+from shared.security.secrets import SECRET_NAMES
 from shared.tts.mp3 import encode_mp3
 from tools.azurite import connection_string, free_port, running_azurite
 from tools.devhost import functions as functions_host
 from tools.phone_audio import encode, speak
 
 if TYPE_CHECKING:
+    from tests.stubs import StubServer
     from tools.devhost.durable import LocalDurableHost
 
 T = TypeVar("T")
@@ -114,19 +115,25 @@ def run_async(coroutine: Coroutine[Any, Any, T], timeout: float = 180) -> T:
 
 def reset_app_caches() -> None:
     """Forget settings and the clients made from them, after the environment changed."""
-    from shared.cache import response_cache
-    from shared.conversations import conversation_store
+    from health.api import forget_readiness
     from shared.lazy import OnceLoader
     from shared.providers import default_secrets
+    from shared.security.ratelimit import rate_limiter
+    from shared.security.tokens import token_verifier
     from shared.storage import _shared_blob_service, blob_store
+    from shared.storage.cache import response_cache
+    from shared.storage.conversations import conversation_store
 
     get_settings.cache_clear()
+    forget_readiness()
     loaders = (
         default_secrets,
         blob_store,
         _shared_blob_service,
         conversation_store,
         response_cache,
+        rate_limiter,
+        token_verifier,
     )
     for loader in loaders:
         assert isinstance(loader, OnceLoader)
@@ -145,6 +152,22 @@ def app_settings(monkeypatch, tmp_path, azurite) -> Iterator[pytest.MonkeyPatch]
     reset_app_caches()
     yield monkeypatch
     reset_app_caches()
+
+
+CHAT_REPLY = "Nice to meet you, Sara."
+
+
+@pytest.fixture
+def chat(app_settings) -> Iterator[StubServer]:
+    """The reply comes from a chat stub, so the messages the model got can be read back."""
+    from tests.stubs import StubServer, chat_completion
+
+    with StubServer(chat_completion(CHAT_REPLY)) as server:
+        app_settings.setenv("LLM_PROVIDER", "openai")
+        app_settings.setenv("LLM_BASE_URL", f"{server.url}/v1")
+        app_settings.setenv("LLM_MODEL", "stub")
+        reset_app_caches()
+        yield server
 
 
 @pytest.fixture

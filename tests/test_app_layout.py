@@ -24,21 +24,23 @@ def test_the_app_indexes_every_function_with_its_bindings() -> None:
     )
     assert json.loads(done.stdout) == {
         "health": ["http", "httpTrigger"],
+        "health_ready": ["http", "httpTrigger"],
         "talk_start": ["durableClient", "http", "httpTrigger"],
         "talk_result": ["durableClient", "http", "httpTrigger"],
-        "talk_conversation": ["http", "httpTrigger"],
+        "talk_conversation": ["durableClient", "http", "httpTrigger"],
+        "talk_forget_me": ["durableClient", "http", "httpTrigger"],
         "talk_orchestrator": ["orchestrationTrigger"],
         "transcribe": ["activityTrigger"],
         "generate": ["activityTrigger"],
         "synthesize": ["activityTrigger"],
-        "load_history": ["activityTrigger"],
         "save_turn": ["activityTrigger"],
+        "daily_cleanup": ["durableClient", "timerTrigger"],
     }
 
 
 def test_routes_and_auth_levels() -> None:
-    from health.api import health
-    from talk.api import talk_conversation, talk_result, talk_start
+    from health.api import health, health_ready
+    from talk.api import talk_conversation, talk_forget_me, talk_result, talk_start
 
     def trigger(builder) -> dict:
         [binding] = [b for b in builder.build().get_bindings() if b.type == "httpTrigger"]
@@ -52,6 +54,11 @@ def test_routes_and_auth_levels() -> None:
     assert trigger(talk_result)["authLevel"] == func.AuthLevel.FUNCTION
     assert trigger(talk_conversation)["route"] == "talk/conversations/{conversation_id}"
     assert trigger(talk_conversation)["authLevel"] == func.AuthLevel.FUNCTION
+    assert trigger(talk_forget_me)["route"] == "talk/me"
+    assert trigger(talk_forget_me)["authLevel"] == func.AuthLevel.FUNCTION
+    # Readiness names providers and missing secrets: not for the key that ships in the app.
+    assert trigger(health_ready)["route"] == "health/ready"
+    assert trigger(health_ready)["authLevel"] == func.AuthLevel.ADMIN
 
 
 def test_host_json_serves_the_original_paths_and_throttles_overload() -> None:

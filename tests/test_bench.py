@@ -20,6 +20,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "round_trip",
         "cold_start",
         "throughput",
+        "request_checks",
     }
     assert saved["machine"]["cores"] >= 1
     assert set(saved["stt"]) == {
@@ -31,4 +32,5 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert saved["cold_start"]["talk_status"] == 200
     assert saved["throughput"]["model_loads"] == {"whisper": 1, "llm": 1, "piper": 1}
     assert "| STT engine |" in (tmp_path / "latest.md").read_text()
+    assert all(row["p50"] >= 0 for row in saved["request_checks"].values())
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from shared.cache import cache_key
 from shared.config import Settings
 from shared.pipeline import generate, synthesize
 from shared.storage import blob_store
+from shared.storage.cache import cache_key
 from tests.conftest import closed_port_connection_string
 from tests.stubs import StubServer, chat_completion, elevenlabs_speech
 from tests.test_functions import body_of, post

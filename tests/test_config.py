@@ -8,7 +8,7 @@ import pytest
 
 from shared.config import Settings, local_values, settings_docs
 from shared.errors import ConfigError
-from shared.secrets import SECRET_DOCS
+from shared.security.secrets import SECRET_DOCS
 
 ROOT = Path(__file__).resolve().parent.parent
 

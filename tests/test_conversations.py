@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -11,68 +12,65 @@ import azure.functions as func
 import pytest
 
 from shared.config import Settings
-from shared.conversations import (
-    FileConversationStore,
-    TableConversationStore,
-    conversation_store,
-    new_turn,
-)
 from shared.llm import build_messages
 from shared.storage import table_service
+from shared.storage.conversations import (
+    FileConversationStore,
+    TableConversationStore,
+    new_turn,
+)
 from talk.api import talk_conversation
-from tests.conftest import reset_app_caches, run_cli
+from tests.conftest import CHAT_REPLY, run_async, run_cli
 from tests.stubs import StubServer, chat_completion
-from tests.test_functions import body_of, post
+from tests.test_functions import body_of, post, request_blobs
+from tools.devhost.durable import LocalDurableHost
 
 CONVERSATION = talk_conversation.build().get_user_function()
-STUB_REPLY = "Nice to meet you, Sara."
+STUB_REPLY = CHAT_REPLY
+JSON = "application/json"
+OWNER = "shared"
 
 
-@pytest.fixture
-def chat(app_settings):
-    """The reply comes from a chat stub, so the messages the model got can be read back."""
-    with StubServer(chat_completion(STUB_REPLY)) as server:
-        app_settings.setenv("LLM_PROVIDER", "openai")
-        app_settings.setenv("LLM_BASE_URL", f"{server.url}/v1")
-        app_settings.setenv("LLM_MODEL", "stub")
-        reset_app_caches()
-        conversation_store.clear()
-        yield server
-    conversation_store.clear()
-
-
-def _conversation(method: str, conversation_id: str) -> func.HttpResponse:
+def _conversation(
+    host: LocalDurableHost, method: str, conversation_id: str, **headers: str
+) -> func.HttpResponse:
     request = func.HttpRequest(
         method=method,
         url=f"http://localhost/talk/conversations/{conversation_id}",
-        headers={},
+        headers=headers,
         params={},
         route_params={"conversation_id": conversation_id},
         body=b"",
     )
-    return CONVERSATION(request)
+    return run_async(CONVERSATION(req=request, client=host.client_binding()))
+
+
+def start_conversation(host: LocalDurableHost, question: str) -> str:
+    first = post(host, json.dumps({"text": question, "conversation_id": "new"}).encode(), JSON)
+    assert first.status_code == 200, first.get_body()
+    return body_of(first)["conversation_id"]
 
 
 def test_the_second_question_reaches_the_model_with_the_first(chat, host) -> None:
-    first = post(
-        host, b'{"text": "My name is Sara.", "conversation_id": "sara-1"}', "application/json"
-    )
-    assert first.status_code == 200, first.get_body()
-    assert body_of(first)["conversation_id"] == "sara-1"
+    conversation_id = start_conversation(host, "My name is Sara.")
+    assert re.fullmatch(r"[0-9a-f]{32}", conversation_id)  # issued by the server
     second = post(
-        host, b'{"text": "What is my name?"}', "application/json", **{"X-Conversation-Id": "sara-1"}
+        host, b'{"text": "What is my name?"}', JSON, **{"X-Conversation-Id": conversation_id}
     )
     assert second.status_code == 200, second.get_body()
-    assert body_of(second)["conversation_id"] == "sara-1"
-    assert chat.requests[1].body["messages"][1:] == [
+    assert body_of(second)["conversation_id"] == conversation_id
+    # The history goes to the model as its own turns, never inside the system prompt.
+    messages = chat.requests[1].body["messages"]
+    assert messages[0]["role"] == "system" and "Sara" not in messages[0]["content"]
+    assert messages[1:] == [
         {"role": "user", "content": "My name is Sara."},
         {"role": "assistant", "content": STUB_REPLY},
         {"role": "user", "content": "What is my name?"},
     ]
-    assert host.activity_calls.count("load_history") == 2
     assert host.activity_calls.count("save_turn") == 2
+    assert "load_history" not in host.activity_calls
 
-    shown = _conversation("GET", "sara-1")
+    shown = _conversation(host, "GET", conversation_id)
     assert shown.status_code == 200
     turns = body_of(shown)["turns"]
     assert [(t["question"], t["reply"]) for t in turns] == [
@@ -83,22 +81,40 @@ def test_the_second_question_reaches_the_model_with_the_first(chat, host) -> Non
 
 
 def test_without_a_conversation_nothing_is_remembered(chat, host) -> None:
-    post(host, b'{"text": "My name is Sara."}', "application/json")
-    post(host, b'{"text": "What is my name?"}', "application/json")
+    post(host, b'{"text": "My name is Sara."}', JSON)
+    post(host, b'{"text": "What is my name?"}', JSON)
     assert len(chat.requests[1].body["messages"]) == 2  # system and the question only
-    assert "load_history" not in host.activity_calls
+    assert "save_turn" not in host.activity_calls
 
 
-def test_delete_forgets_and_unknown_or_bad_ids_are_refused(chat, host) -> None:
-    post(host, b'{"text": "Remember me.", "conversation_id": "gone"}', "application/json")
-    assert _conversation("DELETE", "gone").status_code == 204
-    assert _conversation("GET", "gone").status_code == 404
-    assert _conversation("DELETE", "gone").status_code == 404
-    assert _conversation("GET", "never-seen").status_code == 404
-    bad = _conversation("GET", "no/slashes")
+@pytest.mark.parametrize("chosen", ["sara-1", "default", "a", "0" * 32])
+def test_an_id_the_server_did_not_issue_is_unknown_never_new(chat, host, chosen) -> None:
+    refused = post(host, json.dumps({"text": "Hi", "conversation_id": chosen}).encode(), JSON)
+    assert refused.status_code == 404
+    assert body_of(refused)["error"] == "unknown conversation"
+    assert not host.started
+    assert _conversation(host, "GET", chosen).status_code == 404
+
+
+def test_delete_erases_turns_blobs_and_histories(chat, host) -> None:
+    conversation_id = start_conversation(host, "Remember me.")
+    rid = host.started[0]
+    assert request_blobs(rid)  # the request's blobs, under the conversation
+    assert rid in host.instances
+    assert _conversation(host, "DELETE", conversation_id).status_code == 204
+    assert not request_blobs(rid)
+    assert rid not in host.instances  # its Durable history is purged
+    assert _conversation(host, "GET", conversation_id).status_code == 404
+    assert _conversation(host, "DELETE", conversation_id).status_code == 404
+    gone = post(host, b'{"text": "Still there?"}', JSON, **{"X-Conversation-Id": conversation_id})
+    assert gone.status_code == 404
+
+
+def test_malformed_ids_are_refused(chat, host) -> None:
+    bad = _conversation(host, "GET", "no/slashes")
     assert bad.status_code == 400
     assert "conversation_id" in body_of(bad)["error"]
-    refused = post(host, b'{"text": "Hi", "conversation_id": "a b"}', "application/json")
+    refused = post(host, b'{"text": "Hi", "conversation_id": "a b"}', JSON)
     assert refused.status_code == 400
 
 
@@ -112,38 +128,58 @@ def _table_store(azurite: str, **changes) -> TableConversationStore:
 
 def test_ten_parallel_turns_in_one_conversation_all_land(azurite) -> None:
     store = _table_store(azurite)
+    store.start(OWNER, "busy")
     start = threading.Barrier(10)
 
     def turn(index: int) -> None:
         start.wait()
-        store.append("busy", new_turn(f"{index:08x}", f"question {index}", "reply", "en"))
+        store.append(OWNER, "busy", new_turn(f"{index:08x}", f"question {index}", "reply", "en"))
 
     threads = [threading.Thread(target=turn, args=(i,)) for i in range(10)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(t.question for t in store.turns("busy")) == sorted(
+    assert sorted(t.question for t in store.turns(OWNER, "busy")) == sorted(
         f"question {i}" for i in range(10)
     )
 
 
 def test_a_conversation_keeps_its_last_turns_and_expires(azurite) -> None:
     store = _table_store(azurite, max_turns=3, ttl_s=1.0)
+    store.start(OWNER, "short")
     for index in range(5):
-        store.append("short", new_turn(f"{index:08x}", f"q{index}", "r", None))
-    assert [t.question for t in store.turns("short")] == ["q2", "q3", "q4"]
+        store.append(OWNER, "short", new_turn(f"{index:08x}", f"q{index}", "r", None))
+    assert [t.question for t in store.turns(OWNER, "short")] == ["q2", "q3", "q4"]
     time.sleep(1.2)
-    assert store.turns("short") == []
-    assert store.delete("short") is False  # expiry removed it
+    assert store.turns(OWNER, "short") is None
+    assert store.delete(OWNER, "short") is False  # expiry removed it
+
+
+def test_the_daily_sweep_deletes_expired_conversations_unread(azurite) -> None:
+    store = _table_store(azurite, ttl_s=1.0)
+    store.start(OWNER, "old")
+    store.append(OWNER, "old", new_turn("0" * 32, "q", "r", None))
+    time.sleep(1.2)
+    store.start(OWNER, "fresh")
+    assert store.sweep() == 1
+    assert store.delete(OWNER, "old") is False  # already gone, never read
+    assert store.turns(OWNER, "fresh") == []
+
+
+def test_a_turn_for_a_conversation_that_is_gone_is_not_saved(azurite) -> None:
+    store = _table_store(azurite)
+    assert store.append(OWNER, "never-issued", new_turn("1" * 32, "q", "r", None)) is False
+    assert store.turns(OWNER, "never-issued") is None
 
 
 def test_a_saved_turn_saved_again_is_stored_once(azurite) -> None:
     store = _table_store(azurite)
+    store.start(OWNER, "retry")
     turn = new_turn("0000abcd", "Hello?", "Hi!", "en")
-    store.append("retry", turn)
-    store.append("retry", turn)  # a retried save_turn activity
-    assert len(store.turns("retry")) == 1
+    store.append(OWNER, "retry", turn)
+    store.append(OWNER, "retry", turn)  # a retried save_turn activity
+    assert len(store.turns(OWNER, "retry")) == 1
 
 
 def test_the_oldest_turns_are_trimmed_to_fit_the_context() -> None:
@@ -156,10 +192,11 @@ def test_the_oldest_turns_are_trimmed_to_fit_the_context() -> None:
 
 def test_file_store_for_the_command_line(tmp_path: Path) -> None:
     store = FileConversationStore(tmp_path, max_turns=2, ttl_s=3600)
+    store.start(OWNER, "cli")
     for index in range(3):
-        store.append("cli", new_turn(f"{index:08x}", f"q{index}", "r", "en"))
-    assert [t.question for t in store.turns("cli")] == ["q1", "q2"]
-    assert store.delete("cli") and store.turns("cli") == []
+        store.append(OWNER, "cli", new_turn(f"{index:08x}", f"q{index}", "r", "en"))
+    assert [t.question for t in store.turns(OWNER, "cli")] == ["q1", "q2"]
+    assert store.delete(OWNER, "cli") and store.turns(OWNER, "cli") is None
 
 
 def test_the_command_remembers_a_conversation(tmp_path: Path) -> None:

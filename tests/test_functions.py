@@ -21,7 +21,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient, generate_account_sas
 from urllib3 import encode_multipart_formdata
 
-from health.api import health
+from health.api import health, health_ready
 from shared.audio import decode_audio
 from shared.config import get_settings
 from shared.storage import blob_store
@@ -41,6 +41,7 @@ from tools.phone_audio import encode
 TALK_START = talk_start.build().get_user_function()
 TALK_RESULT = talk_result.build().get_user_function()
 HEALTH = health.build().get_user_function()
+HEALTH_READY = health_ready.build().get_user_function()
 ANSWER_KEYS = {
     "request_id",
     "text",
@@ -87,18 +88,25 @@ def stored(name: str) -> bytes:
     return blob_store(get_settings()).get(name)
 
 
+def request_blobs(request_id: str, owner: str = "shared") -> dict[str, bytes]:
+    """A request's blobs by file name (`input.m4a`, `reply-<random>.mp3`, ...)."""
+    store = blob_store(get_settings())
+    return {
+        name.rsplit("/", 1)[1]: store.get(name)
+        for name in store.names(f"{owner}/")
+        if name.split("/")[2] == request_id
+    }
+
+
 # --- /health ---------------------------------------------------------------------------------
 
 
 def _health(ready: bool = False) -> func.HttpResponse:
+    route = "health/ready" if ready else "health"
     request = func.HttpRequest(
-        method="GET",
-        url="http://localhost/health",
-        headers={},
-        params={"ready": "1"} if ready else {},
-        body=b"",
+        method="GET", url=f"http://localhost/{route}", headers={}, params={}, body=b""
     )
-    return HEALTH(request)
+    return (HEALTH_READY if ready else HEALTH)(request)
 
 
 def test_health_answers_without_loading_any_model(app_settings) -> None:
@@ -202,7 +210,7 @@ def test_bad_requests_are_refused_before_any_work(
     assert response.status_code == status
     answer = body_of(response)
     assert says in answer["error"]
-    assert len(answer["request_id"]) == 8
+    assert len(answer["request_id"]) == 32
     assert not host.started
 
 
@@ -247,9 +255,11 @@ def test_the_android_apps_request_end_to_end(app_settings, host, caplog) -> None
     mp3 = base64.b64decode(answer["audio_base64"])
     assert decode_audio(mp3, max_bytes=10**7, max_seconds=120).duration_s > 0.5
 
-    # The upload landed in Blob Storage, as sent, and so did the reply.
-    assert stored(f"{rid}/input.m4a") == audio
-    assert stored(f"{rid}/reply.mp3") == mp3
+    # The upload landed in Blob Storage, as sent, and so did the reply, under the owner.
+    blobs = request_blobs(rid)
+    assert blobs.pop("input.m4a") == audio
+    [(reply_name, reply)] = blobs.items()
+    assert reply_name.startswith("reply-") and reply == mp3
     assert host.activity_calls == ["transcribe", "generate", "synthesize"]
 
     timing = response.headers["Server-Timing"]
@@ -287,7 +297,7 @@ def test_raw_audio_body_with_mp3_accept_gets_mp3_bytes(app_settings, host) -> No
     assert unquote(response.headers["X-Transcript"]).lower().startswith("how many minutes")
     assert unquote(response.headers["X-Reply-Text"])
     assert "tts;dur=" in response.headers["Server-Timing"]
-    assert stored(f"{rid}/input.ogg") == audio
+    assert request_blobs(rid)["input.ogg"] == audio
 
 
 def test_speechless_audio_is_422_without_retries(app_settings, host) -> None:
@@ -356,7 +366,7 @@ def test_a_slow_answer_is_202_then_collected(app_settings, host) -> None:
     )
 
 
-@pytest.mark.parametrize("request_id", ["deadbeef", "../../x", "DEADBEEF", "0" * 40])
+@pytest.mark.parametrize("request_id", ["deadbeef" * 4, "../../x", "DEADBEEF" * 4, "0" * 40])
 def test_unknown_request_ids_are_404(app_settings, host, request_id: str) -> None:
     response = get_result(host, request_id)
     assert response.status_code == 404

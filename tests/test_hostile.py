@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.errors import TalkError
 from shared.talk_input import parse_talk_input
 from tests.conftest import QUESTIONS, phone_upload, run_cli, zero_frame_wav
-from tests.test_functions import android_upload, body_of, post, stored
+from tests.test_functions import android_upload, body_of, post, request_blobs
 from tools.phone_audio import encode
 
 LIMITS = {"max_bytes": 10_000_000, "max_seconds": 120.0}
@@ -241,7 +241,7 @@ def test_hostile_request_gets_its_4xx(case: str, app_settings, host) -> None:
     assert response.status_code == status, response.get_body()[:300]
     answer = body_of(response)
     assert says in answer["error"]
-    assert len(answer["request_id"]) == 8
+    assert len(answer["request_id"]) == 32
     assert "Traceback" not in response.get_body().decode()
 
 
@@ -254,7 +254,7 @@ def test_a_hostile_file_name_never_reaches_storage(filename: str, app_settings, 
     response = post(host, body, content_type)
     assert response.status_code == 200, response.get_body()[:300]
     rid = body_of(response)["request_id"]
-    assert stored(f"{rid}/input.m4a") == audio  # the name is ours, not the client's
+    assert request_blobs(rid)["input.m4a"] == audio  # the name is ours, not the client's
 
 
 def test_an_unknown_voice_gets_the_default_voice(app_settings, host) -> None:

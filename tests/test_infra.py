@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from shared.config import settings_docs
-from shared.secrets import SECRET_DOCS
+from shared.security.secrets import SECRET_DOCS
 from tests.bicep_deployments import clashes, deployments
 from tests.conftest import ROOT
 
@@ -496,7 +496,7 @@ def test_local_settings_sample_lists_every_setting_that_applies_locally() -> Non
 
 
 def test_settings_are_read_only_through_the_settings_object() -> None:
-    allowed = {"shared/config.py", "shared/secrets.py", "talk/cli.py"}
+    allowed = {"shared/config.py", "shared/security/secrets.py", "talk/cli.py"}
     offenders = []
     for path in [
         ROOT / "function_app.py",

@@ -17,14 +17,18 @@ from tools.devhost.durable import (
 )
 
 ORCHESTRATOR = talk_orchestrator.build().get_user_function()
-RID = "0123abcd"
+RID = "0123abcd" * 4
+PREFIX = f"shared/_/{RID}/"
 AUDIO_JOB = {
     "request_id": RID,
+    "owner": "shared",
+    "blob_prefix": PREFIX,
     "text": None,
     "voice": "Kim",
     "language": "en",
     "system_prompt": None,
-    "audio_blob": f"{RID}/input.m4a",
+    "conversation": None,
+    "audio_blob": f"{PREFIX}input.m4a",
 }
 HEARD = {
     "text": "How are you?",
@@ -35,7 +39,7 @@ HEARD = {
 }
 REPLY = {"text": "I am well, thank you.", "elapsed_ms": 400, "provider": "local", "cached": False}
 SPEECH = {
-    "blob": f"{RID}/reply.mp3",
+    "blob": f"{PREFIX}reply-0a1b2c3d.mp3",
     "bytes": 12345,
     "elapsed_ms": 200,
     "provider": "piper",
@@ -66,7 +70,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
     }
     assert json.loads(transcribe["input"]) == {
         "request_id": RID,
-        "blob": f"{RID}/input.m4a",  # a blob name, never audio bytes
+        "blob": f"{PREFIX}input.m4a",  # a blob name, never audio bytes
         "language": "en",
     }
 
@@ -76,9 +80,11 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
     assert [a["functionName"] for a in actions] == ["transcribe", "generate"]
     assert json.loads(generate["input"]) == {
         "request_id": RID,
+        "owner": "shared",
         "question": "How are you?",
         "system_prompt": None,
         "history": [],
+        "in_conversation": False,
     }
 
     complete(history, "generate", generate["input"], REPLY)
@@ -87,6 +93,8 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
     assert synthesize["functionName"] == "synthesize"
     assert json.loads(synthesize["input"]) == {
         "request_id": RID,
+        "owner": "shared",
+        "blob_prefix": PREFIX,
         "text": "I am well, thank you.",
         "voice": "Kim",
     }
@@ -100,7 +108,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "transcript": "How are you?",
         "text": "I am well, thank you.",
         "language": "en",
-        "audio_blob": f"{RID}/reply.mp3",
+        "audio_blob": f"{PREFIX}reply-0a1b2c3d.mp3",
         "audio_bytes": 12345,
         "timings_ms": {"stt": 300, "llm": 400, "tts": 200, "total": output["timings_ms"]["total"]},
         "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
@@ -123,6 +131,30 @@ def test_a_text_question_skips_transcription() -> None:
     assert state["output"]["transcript"] is None
     assert state["output"]["providers"]["stt"] is None
     assert state["output"]["timings_ms"]["stt"] == 0
+
+
+def test_a_conversation_brings_its_history_and_saves_the_turn() -> None:
+    conversation = {"id": "c" * 32, "new": False, "history": [["Hi, I am Sara.", "Hello Sara!"]]}
+    job = {**AUDIO_JOB, "audio_blob": None, "text": "Who am I?", "conversation": conversation}
+    history = History("talk_orchestrator", RID, job)
+    _, [generate] = run_episode(history)  # no activity spent on loading the history
+    assert json.loads(generate["input"])["history"] == [["Hi, I am Sara.", "Hello Sara!"]]
+    complete(history, "generate", generate["input"], REPLY)
+    _, actions = run_episode(history)
+    complete(history, "synthesize", actions[-1]["input"], SPEECH)
+    _, actions = run_episode(history)
+    save = actions[-1]
+    assert save["functionName"] == "save_turn"
+    saved = json.loads(save["input"])
+    assert {k: saved[k] for k in ("owner", "conversation_id", "new", "question")} == {
+        "owner": "shared",
+        "conversation_id": "c" * 32,
+        "new": False,
+        "question": "Who am I?",
+    }
+    complete(history, "save_turn", save["input"], {"saved": True})
+    state, _ = run_episode(history)
+    assert state["output"]["conversation_id"] == "c" * 32
 
 
 def test_a_permanent_failure_ends_the_orchestration_without_retries() -> None:

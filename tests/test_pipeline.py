@@ -33,7 +33,7 @@ def test_round_trip_question_to_a_spoken_reply(settings: Settings, caplog) -> No
     assert transcribe(result.mp3, request_id="check", settings=settings).text
 
     rid = result.request_id
-    assert len(rid) == 8 and int(rid, 16) >= 0
+    assert len(rid) == 32 and int(rid, 16) >= 0  # 128 random bits
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"[{rid}]")]
     expected = (
         "STT done in ",
@@ -42,7 +42,8 @@ def test_round_trip_question_to_a_spoken_reply(settings: Settings, caplog) -> No
         "/talk success total=",
         "MP3 bytes=",
     )
-    assert [next(p for p in expected if line[11:].startswith(p)) for line in lines] == list(
+    prefix = len(f"[{rid}] ")
+    assert [next(p for p in expected if line[prefix:].startswith(p)) for line in lines] == list(
         expected
     )
     assert lines[-1] == f"[{rid}] MP3 bytes={len(result.mp3)}"

@@ -11,7 +11,7 @@ from shared.config import Settings
 from shared.errors import ProviderError
 from shared.pipeline import generate, synthesize
 from shared.providers import active_providers
-from shared.secrets import MappingSource, MissingSecret, SecretStore
+from shared.security.secrets import MappingSource, MissingSecret, SecretStore
 from tests.stubs import Reply, StubServer, chat_completion, elevenlabs_speech
 
 HF_TOKEN = "hf_test_token_0123456789"
@@ -198,20 +198,24 @@ def test_elevenlabs_request_on_the_wire(eleven: StubServer, stub_mp3: bytes) -> 
 
 
 @pytest.mark.parametrize(
-    ("voice", "voice_id"),
+    ("voice", "allow_voice_ids", "voice_id"),
     [
-        ("Kim", "KimVoiceId0123456789"),
-        ("milla", "MillaVoiceId01234567"),
-        ("AbCdEfGhIjKlMnOpQrSt", "AbCdEfGhIjKlMnOpQrSt"),  # a raw voice id passes through
-        ("Bob", "EXAVITQu4vr4xnSDxMaL"),  # unknown persona: the default voice
-        (None, "EXAVITQu4vr4xnSDxMaL"),
+        ("Kim", "off", "KimVoiceId0123456789"),
+        ("milla", "off", "MillaVoiceId01234567"),
+        # A raw voice id passes through only when the operator allows it.
+        ("AbCdEfGhIjKlMnOpQrSt", "on", "AbCdEfGhIjKlMnOpQrSt"),
+        ("AbCdEfGhIjKlMnOpQrSt", "off", "EXAVITQu4vr4xnSDxMaL"),
+        ("Bob", "off", "EXAVITQu4vr4xnSDxMaL"),  # unknown persona: the default voice
+        (None, "off", "EXAVITQu4vr4xnSDxMaL"),
     ],
 )
 def test_persona_names_map_to_voice_ids(
-    eleven: StubServer, voice: str | None, voice_id: str, caplog
+    eleven: StubServer, voice: str | None, allow_voice_ids: str, voice_id: str, caplog
 ) -> None:
     settings = replace(
-        cloud_settings(eleven=eleven), voices="Kim=KimVoiceId0123456789, Milla=MillaVoiceId01234567"
+        cloud_settings(eleven=eleven),
+        voices="Kim=KimVoiceId0123456789, Milla=MillaVoiceId01234567",
+        allow_voice_ids=allow_voice_ids,
     )
     caplog.set_level(logging.WARNING)
     synthesize(
@@ -222,7 +226,7 @@ def test_persona_names_map_to_voice_ids(
         secrets=secret_store(ELEVENLABS_API_KEY=XI_KEY),
     )
     assert eleven.requests[0].path == f"/v1/text-to-speech/{voice_id}"
-    assert ("Unknown voice 'Bob'" in caplog.text) == (voice == "Bob")
+    assert ("Unknown voice" in caplog.text) == (voice_id == "EXAVITQu4vr4xnSDxMaL" and bool(voice))
 
 
 @pytest.mark.parametrize(

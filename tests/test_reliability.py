@@ -14,7 +14,7 @@ from shared.llm.llamacpp import load_llama
 from shared.stt.fasterwhisper import load_whisper_model
 from shared.tts.piper import load_piper
 from tests.conftest import QUESTIONS, phone_upload, reset_app_caches
-from tests.test_functions import android_upload, body_of, get_result, post, stored
+from tests.test_functions import android_upload, body_of, get_result, post, request_blobs
 from tools.azurite import free_port
 from tools.devhost.durable import app_durable_host, max_concurrent_activities
 
@@ -64,7 +64,7 @@ def test_a_crashed_activity_is_retried_and_the_client_still_gets_its_reply(
         "synthesize",
     ]
     rid = body_of(response)["request_id"]
-    assert stored(f"{rid}/input.m4a")  # the upload stays until it has been answered
+    assert request_blobs(rid)["input.m4a"]  # the upload stays until it has been answered
 
 
 def test_an_unreachable_key_vault_leaves_health_up_and_talk_says_what_is_missing(

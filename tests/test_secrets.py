@@ -15,7 +15,7 @@ import pytest
 
 from shared.config import Settings
 from shared.pipeline import TalkRequest, talk
-from shared.secrets import (
+from shared.security.secrets import (
     KeyVaultSource,
     MappingSource,
     MissingSecret,

@@ -27,12 +27,18 @@ class DevServer:
     process: subprocess.Popen[str]
     url: str
     key: str
+    master_key: str
     banner: list[str]
+
+
+def banner_value(banner: list[str], label: str) -> str:
+    [value] = [line.split(": ", 1)[1] for line in banner if line.startswith(f"{label}:")]
+    return value
 
 
 def start_server(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[str]:
     environment = cli_environment(LLM_PROVIDER="local", TTS_PROVIDER="piper")
-    for name in ("AzureWebJobsStorage", "TALK_FUNCTION_KEY"):
+    for name in ("AzureWebJobsStorage", "TALK_FUNCTION_KEY", "TALK_MASTER_KEY"):
         environment.pop(name, None)
     environment.update(env)
     return subprocess.Popen(
@@ -68,8 +74,9 @@ def server(tmp_path_factory) -> Iterator[DevServer]:
     process = start_server(tmp_path, port)
     try:
         banner = read_banner(process)
-        [key] = [line.split(": ", 1)[1] for line in banner if line.startswith("Function key:")]
-        yield DevServer(process, f"http://127.0.0.1:{port}", key, banner)
+        key = banner_value(banner, "Function key")
+        master_key = banner_value(banner, "Master key (for /health/ready)")
+        yield DevServer(process, f"http://127.0.0.1:{port}", key, master_key, banner)
     finally:
         if process.poll() is None:
             stop(process)
@@ -138,7 +145,15 @@ def test_the_key_also_works_as_the_code_parameter(server) -> None:
 
 def test_health_and_readiness(server) -> None:
     assert requests.get(f"{server.url}/health", timeout=10).json() == {"status": "ok"}
-    ready = requests.get(f"{server.url}/health", params={"ready": "1"}, timeout=30)
+    # Liveness says nothing more, whatever is asked of it.
+    liveness = requests.get(f"{server.url}/health", params={"ready": "1"}, timeout=10)
+    assert liveness.json() == {"status": "ok"}
+    ready_url = f"{server.url}/health/ready"
+    # Readiness is the operator's: not for the function key that ships in the app.
+    for key in (None, server.key):
+        headers = {"x-functions-key": key} if key else {}
+        assert requests.get(ready_url, headers=headers, timeout=10).status_code == 401
+    ready = requests.get(ready_url, headers={"x-functions-key": server.master_key}, timeout=30)
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"config": "ok", "secrets": "ok", "storage": "ok"}
 
@@ -171,6 +186,7 @@ def test_it_stops_cleanly_and_leaves_no_process(tmp_path: Path, signum: int) -> 
     process = start_server(tmp_path, port, TALK_FUNCTION_KEY="my-own-key")
     banner = read_banner(process)
     assert "Function key: $TALK_FUNCTION_KEY" in banner
+    assert banner_value(banner, "Master key (for /health/ready)") != "my-own-key"
     children = psutil.Process(process.pid).children(recursive=True)
     assert children  # Azurite
     url = f"http://127.0.0.1:{port}"
@@ -192,11 +208,13 @@ def test_make_serve_is_the_documented_command() -> None:
 # --- the deploy workflow's smoke test, against the dev server ---------------------------------
 
 
-def smoke_test(url: str, key: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def smoke_test(
+    url: str, key: str, master_key: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools.smoke_test", url, "--attempts", "2", "--delay", "0.1"],
         cwd=tmp_path,
-        env=cli_environment(TALK_FUNCTION_KEY=key),
+        env=cli_environment(TALK_FUNCTION_KEY=key, TALK_MASTER_KEY=master_key),
         capture_output=True,
         text=True,
         timeout=120,
@@ -204,7 +222,7 @@ def smoke_test(url: str, key: str, tmp_path: Path) -> subprocess.CompletedProces
 
 
 def test_the_smoke_test_asks_the_sample_question_when_ready(server, tmp_path: Path) -> None:
-    done = smoke_test(server.url, server.key, tmp_path)
+    done = smoke_test(server.url, server.key, server.master_key, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "/talk answered" in done.stdout
     assert "heard 'What is a good way to relax" in done.stdout
@@ -223,10 +241,11 @@ def test_the_smoke_test_skips_talk_only_while_secrets_are_missing(
     tmp_path: Path, env: dict[str, str], exit_code: int, says: str
 ) -> None:
     port = free_port()
-    process = start_server(tmp_path, port, TALK_FUNCTION_KEY="smoke-key", **env)
+    keys = {"TALK_FUNCTION_KEY": "smoke-key", "TALK_MASTER_KEY": "smoke-master-key"}
+    process = start_server(tmp_path, port, **keys, **env)
     try:
         read_banner(process)
-        done = smoke_test(f"http://127.0.0.1:{port}", "smoke-key", tmp_path)
+        done = smoke_test(f"http://127.0.0.1:{port}", "smoke-key", "smoke-master-key", tmp_path)
     finally:
         stop(process)
     assert done.returncode == exit_code, done.stdout + done.stderr

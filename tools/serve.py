@@ -61,18 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The storage SDK logs every request at INFO; the operator lines are what matter here.
     logging.getLogger("azure").setLevel(logging.WARNING)
-    from shared.secrets import redact
+    from shared.security.secrets import redact
     from tools.devhost.durable import app_durable_host
     from tools.devhost.functions import FunctionsHttpHost
 
     redact.install()
     key = os.environ.get("TALK_FUNCTION_KEY") or secrets.token_hex(32)
+    master_key = os.environ.get("TALK_MASTER_KEY") or secrets.token_hex(32)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     with app_durable_host() as durable:
         try:
-            front = FunctionsHttpHost(durable, key=key, host=args.host, port=args.port)
+            front = FunctionsHttpHost(
+                durable, key=key, master_key=master_key, host=args.host, port=args.port
+            )
         except OSError as error:
             reason = (
                 "is in use"
@@ -86,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         with storage(args.azurite_dir) as where, front:
             print(f"Serving the Function App at {front.url} (development server)", flush=True)
-            if os.environ.get("TALK_FUNCTION_KEY"):
-                print("Function key: $TALK_FUNCTION_KEY", flush=True)
-            else:
-                print(f"Function key: {key}", flush=True)
+            for name, variable, value in (
+                ("Function key", "TALK_FUNCTION_KEY", key),
+                ("Master key (for /health/ready)", "TALK_MASTER_KEY", master_key),
+            ):
+                shown = f"${variable}" if os.environ.get(variable) else value
+                print(f"{name}: {shown}", flush=True)
             print(f"Storage: {where}", flush=True)
             if not ipaddress.ip_address(front.server.server_address[0]).is_loopback:
                 print("Reachable from the network: anyone with the key can call it.", flush=True)

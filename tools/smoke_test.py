@@ -1,7 +1,8 @@
 """The deploy workflow's smoke test: readiness, then one spoken question through `/talk`.
 
-`python -m tools.smoke_test URL` with the function key in `$TALK_FUNCTION_KEY`. It waits
-(bounded) for `/health?ready=1`; when the app is ready it asks `samples/question.m4a`
+`python -m tools.smoke_test URL` with the function key in `$TALK_FUNCTION_KEY` and the
+host's master key in `$TALK_MASTER_KEY` (readiness is for operators only). It waits
+(bounded) for `/health/ready`; when the app is ready it asks `samples/question.m4a`
 exactly as the Android app does. When the only thing missing is the provider secrets (the
 first deploy, before they are set in Key Vault) it skips `/talk` with a notice and exits 0;
 anything else not ready, or a failed `/talk`, exits 1. Lines starting with `::` are GitHub
@@ -25,15 +26,15 @@ from talk.remote import ask_backend
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "question.m4a"
 
 
-def readiness(url: str, key: str | None, *, attempts: int, delay_s: float) -> tuple[int, Any]:
+def readiness(
+    url: str, master_key: str | None, *, attempts: int, delay_s: float
+) -> tuple[int, Any]:
     """The last readiness answer, waiting while the app starts or its roles propagate."""
-    headers = {"x-functions-key": key} if key else {}
+    headers = {"x-functions-key": master_key} if master_key else {}
     status, body = 0, None
     for attempt in range(attempts):
         try:
-            response = requests.get(
-                f"{url}/health", params={"ready": "1"}, headers=headers, timeout=30
-            )
+            response = requests.get(f"{url}/health/ready", headers=headers, timeout=30)
             status, body = response.status_code, response.json()
         except (requests.RequestException, ValueError) as error:
             status, body = 0, {"error": type(error).__name__}
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
     key = os.environ.get("TALK_FUNCTION_KEY")
-    status, body = readiness(url, key, attempts=args.attempts, delay_s=args.delay)
+    master_key = os.environ.get("TALK_MASTER_KEY")
+    status, body = readiness(url, master_key, attempts=args.attempts, delay_s=args.delay)
     if _only_secrets_missing(status, body):
         print(
             f"::notice::/talk not smoke-tested: the provider secrets are not set yet "

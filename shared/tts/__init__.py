@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from shared.config import Settings
 
 if TYPE_CHECKING:
-    from shared.secrets import SecretStore
+    from shared.security.secrets import SecretStore
 
 
 class SpeechSynthesizer(Protocol):
@@ -49,4 +49,5 @@ def get_synthesizer(settings: Settings, secrets: SecretStore) -> SpeechSynthesiz
         voices=settings.voice_map(),
         stability=settings.elevenlabs_stability,
         similarity_boost=settings.elevenlabs_similarity_boost,
+        allow_voice_ids=settings.allow_voice_ids == "on",
     )

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 _VOICE_ID = re.compile(r"^[A-Za-z0-9]{20}$")
 
 
+def is_voice_id(voice: str) -> bool:
+    return bool(_VOICE_ID.match(voice.strip()))
+
+
 class ElevenLabsSynthesizer:
     name = "elevenlabs"
 
@@ -27,22 +31,24 @@ class ElevenLabsSynthesizer:
         voices: dict[str, str],
         stability: float,
         similarity_boost: float,
+        allow_voice_ids: bool = False,
     ) -> None:
         self._http = http
         self._model = model
         self._output_format = output_format
         self._default_voice_id = default_voice_id
         self._voices = voices
+        self._allow_voice_ids = allow_voice_ids
         self._voice_settings = {"stability": stability, "similarity_boost": similarity_boost}
 
     def voice_id(self, voice: str | None) -> str:
-        """The voice id for a persona name, a raw voice id, or the default."""
+        """The voice id for a persona name, a raw voice id (when allowed), or the default."""
         if not voice:
             return self._default_voice_id
         mapped = self._voices.get(voice.strip().lower())
         if mapped:
             return mapped
-        if _VOICE_ID.match(voice.strip()):
+        if self._allow_voice_ids and is_voice_id(voice):
             return voice.strip()
         log.warning("Unknown voice %r: using the default voice (set VOICES to map it)", voice[:40])
         return self._default_voice_id

@@ -175,15 +175,50 @@ class LocalDurableHost:
             name, instance_id = parts[parts.index("orchestrators") + 1 :][:2]
             self._start(name, instance_id, request.body)
             return Reply.json(202, {"id": instance_id})
-        if request.method == "GET" and "instances" in parts:
-            instance = self.instances.get(parts[-1])
-            if instance is None:
-                return Reply(404)
+        if "instances" not in parts:
+            return Reply.json(404, {"error": "not implemented by the local host"})
+        instance_id = parts[-1] if parts[-1] != "instances" else None
+        if request.method == "GET" and instance_id:
+            return self._status(instance_id)
+        if request.method == "DELETE" and instance_id:
             with self._lock:
-                status = dict(instance)
-            code = {"Completed": 200, "Failed": 500}.get(status["runtimeStatus"], 202)
-            return Reply.json(code, status)
+                deleted = self.instances.pop(instance_id, None) is not None
+            return Reply.json(200, {"instancesDeleted": 1}) if deleted else Reply(404)
+        if request.method == "DELETE":
+            return self._purge_by(request.query)
         return Reply.json(404, {"error": "not implemented by the local host"})
+
+    def _status(self, instance_id: str) -> Reply:
+        # With its input, as the extension answers by default (`showInput` defaults to
+        # true, and the Python client never sends false).
+        with self._lock:
+            instance = self.instances.get(instance_id)
+            status = dict(instance) if instance is not None else None
+        if status is None:
+            return Reply(404)
+        code = {"Completed": 200, "Failed": 500}.get(status["runtimeStatus"], 202)
+        return Reply.json(code, status)
+
+    def _purge_by(self, query: dict[str, list[str]]) -> Reply:
+        """Purge the histories created in [createdTimeFrom, createdTimeTo] with a status
+        in runtimeStatus, as the extension's purge API does."""
+        created_from = _parse_time(query["createdTimeFrom"][0])
+        created_to = _parse_time(query.get("createdTimeTo", [None])[0]) or datetime.max.replace(
+            tzinfo=UTC
+        )
+        statuses = set(query.get("runtimeStatus", [""])[0].split(",")) - {""}
+        with self._lock:
+            doomed = [
+                instance_id
+                for instance_id, status in self.instances.items()
+                if created_from <= datetime.fromisoformat(status["createdTime"]) <= created_to
+                and (not statuses or status["runtimeStatus"] in statuses)
+            ]
+            for instance_id in doomed:
+                del self.instances[instance_id]
+        if not doomed:
+            return Reply(404)
+        return Reply.json(200, {"instancesDeleted": len(doomed)})
 
     def _start(self, name: str, instance_id: str, orchestration_input: Any) -> None:
         now = datetime.now(UTC).isoformat()
@@ -206,9 +241,10 @@ class LocalDurableHost:
 
     def _set(self, instance_id: str, **fields: Any) -> None:
         with self._lock:
-            self.instances[instance_id].update(
-                fields, lastUpdatedTime=datetime.now(UTC).isoformat()
-            )
+            if instance_id in self.instances:  # not purged meanwhile
+                self.instances[instance_id].update(
+                    fields, lastUpdatedTime=datetime.now(UTC).isoformat()
+                )
 
     # --- running an orchestration ------------------------------------------------------
 
@@ -270,6 +306,12 @@ class LocalDurableHost:
                 return
             self._crash_once.discard(name)
         raise RuntimeError(f"worker crashed while running {name}")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, DATETIME_STRING_FORMAT).replace(tzinfo=UTC)
 
 
 def max_concurrent_activities() -> int:

@@ -3,10 +3,12 @@
 Routes, methods and auth levels come from the app's own index (`app.get_functions()`, what
 the host reads at start), so a new route needs nothing here. Like the host it prefixes
 routes with host.json's `routePrefix`, prefers literal segments over `{parameters}`, checks
-the function key of `function` and `admin` routes (header `x-functions-key` or query
-`code`, 401 without a body otherwise), refuses a body over the host's limit (413), builds
-an `HttpRequest`, and binds a durable client to functions that ask for one. Async
-functions run on one long-lived event loop, as in the Python worker.
+keys (header `x-functions-key` or query `code`; a `function` route takes the function key
+or the master key, an `admin` route only the master key; 401 without a body otherwise),
+refuses a body over the host's limit (413), appends the client's address to
+`X-Forwarded-For` as Azure's front end does, builds an `HttpRequest`, and binds a durable
+client to functions that ask for one. Async functions run on one long-lived event loop, as
+in the Python worker.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ log = logging.getLogger("devhost")
 ROOT = Path(__file__).resolve().parents[2]
 # The host's default request body limit (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT changes it).
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
-_KEYED = {"function", "admin"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class HttpRoute:
     function_name: str
     segments: tuple[str, ...]
     methods: frozenset[str] | None  # None: every method
-    needs_key: bool
+    auth_level: str  # anonymous, function or admin
     request_param: str
     client_param: str | None  # the durable client binding's name, if any
     function: Callable[..., Any]
@@ -97,7 +98,7 @@ def app_index() -> AppIndex:
                     function_name=name,
                     segments=tuple(route.strip("/").split("/")),
                     methods=frozenset(_text(m).upper() for m in methods) if methods else None,
-                    needs_key=_text(trigger.get("authLevel")).lower() in _KEYED,
+                    auth_level=_text(trigger.get("authLevel")).lower() or "function",
                     request_param=trigger["name"],
                     client_param=by_type.get("durableClient", {}).get("name"),
                     function=function.get_user_function(),
@@ -138,12 +139,14 @@ class FunctionsHttpHost:
         durable: LocalDurableHost,
         *,
         key: str,
+        master_key: str,
         host: str = "127.0.0.1",
         port: int = 0,
         body_limit: int = DEFAULT_BODY_LIMIT,
     ) -> None:
         self.durable = durable
         self.key = key
+        self.master_key = master_key
         self.body_limit = body_limit
         self.routes = app_index().routes
         front = self
@@ -202,7 +205,7 @@ class FunctionsHttpHost:
                 continue
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             given = request.headers.get("x-functions-key") or query.get("code") or ""
-            if route.needs_key and not hmac.compare_digest(given.encode(), self.key.encode()):
+            if not self._authorized(route.auth_level, given):
                 return func.HttpResponse(status_code=401)
             try:
                 body = read_body(request, self.body_limit)
@@ -211,16 +214,25 @@ class FunctionsHttpHost:
                 return func.HttpResponse(status_code=400)
             if body is None:
                 return func.HttpResponse(status_code=413)
+            headers = dict(request.headers.items())
+            forwarded = [headers.pop(k) for k in list(headers) if k.lower() == "x-forwarded-for"]
+            headers["X-Forwarded-For"] = ", ".join([*forwarded, request.client_address[0]])
             http_request = func.HttpRequest(
                 method=request.command,
                 url=f"{self.url}{request.path}",
-                headers=dict(request.headers.items()),
+                headers=headers,
                 params=query,
                 route_params=params,
                 body=body,
             )
             return self.call(route, http_request)
         return func.HttpResponse(status_code=404)
+
+    def _authorized(self, auth_level: str, given: str) -> bool:
+        if auth_level == "anonymous":
+            return True
+        keys = [self.master_key] if auth_level == "admin" else [self.key, self.master_key]
+        return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
 
     def call(self, route: HttpRoute, http_request: func.HttpRequest) -> func.HttpResponse:
         arguments: dict[str, Any] = {route.request_param: http_request}

@@ -35,6 +35,13 @@ class StoredBlob:
     data: bytes
     metadata: dict[str, str]
     last_modified: datetime
+    etag: str | None = None
+
+
+def request_prefix(owner: str, conversation_id: str | None, request_id: str) -> str:
+    """Where a request's blobs live: under its owner, and its conversation if it has one,
+    so erasing a conversation or a caller is deleting a prefix."""
+    return f"{owner}/{conversation_id or '_'}/{request_id}/"
 
 
 class BlobStore:
@@ -53,8 +60,9 @@ class BlobStore:
         *,
         metadata: dict[str, str] | None = None,
         overwrite: bool = True,
-    ) -> bool:
-        """Store `data`; without `overwrite`, False when something is there already.
+    ) -> str | None:
+        """Store `data` and return its ETag; without `overwrite`, None when something is
+        there already.
 
         A blob is written in one request, so readers never see half of it, and a
         conditional write (If-None-Match: *) lets exactly one of two concurrent writers win.
@@ -69,13 +77,13 @@ class BlobStore:
         }
         try:
             try:
-                self._container.upload_blob(name, data, **options)
+                written = self._container.get_blob_client(name).upload_blob(data, **options)
             except ResourceNotFoundError:
                 self._ensure_container()
-                self._container.upload_blob(name, data, **options)
-            return True
+                written = self._container.get_blob_client(name).upload_blob(data, **options)
+            return _etag(written)
         except ResourceExistsError:
-            return False
+            return None
         except AzureError as error:
             raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
 
@@ -97,23 +105,60 @@ class BlobStore:
         except AzureError as error:
             raise StorageUnavailable(f"cannot read {name}: {type(error).__name__}") from None
         properties = download.properties
-        return StoredBlob(data, dict(properties.metadata or {}), properties.last_modified)
+        return StoredBlob(
+            data, dict(properties.metadata or {}), properties.last_modified, properties.etag
+        )
 
-    def claim(self, name: str, value: str) -> str:
-        """Store `value` at `name` unless something is there already; return what is there.
+    def replace_if_unchanged(
+        self, name: str, data: bytes, content_type: str, etag: str | None
+    ) -> str | None:
+        """Overwrite `name` only if it is still the version `etag` names (If-Match); the new
+        ETag, or None when it changed (or is gone)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+        from azure.storage.blob import ContentSettings
 
-        Of two concurrent claims exactly one wins, and both return the winner's value.
-        """
-        if self.put(name, value.encode(), "text/plain", overwrite=False):
-            return value
-        return self.get(name).decode()
+        try:
+            written = self._container.get_blob_client(name).upload_blob(
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=content_type),
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return _etag(written)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
 
-    def delete(self, name: str) -> None:
+    def names(self, prefix: str) -> list[str]:
+        """The names of the blobs under `prefix`."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            self._container.delete_blob(name)
+            return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix)]
         except ResourceNotFoundError:
+            return []
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot list {prefix}: {type(error).__name__}") from None
+
+    def delete_prefix(self, prefix: str) -> list[str]:
+        """Delete every blob under `prefix`; the names deleted."""
+        names = self.names(prefix)
+        for name in names:
+            self.delete(name)
+        return names
+
+    def delete(self, name: str, *, etag: str | None = None) -> None:
+        """Delete `name` if it is there (and, given an `etag`, still that version)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            self._container.delete_blob(name, **condition)
+        except (ResourceNotFoundError, ResourceModifiedError):
             pass
         except AzureError as error:
             raise StorageUnavailable(f"cannot delete {name}: {type(error).__name__}") from None
@@ -146,6 +191,11 @@ class BlobStore:
                 except ResourceExistsError:
                     pass
                 self._created = True
+
+
+def _etag(written: dict[str, object]) -> str:
+    """The ETag a blob upload answered with."""
+    return str(written["etag"])
 
 
 def _client_options(**overrides: object) -> dict[str, object]:

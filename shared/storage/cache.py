@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 _SPACE = re.compile(r"\s+")
 
 
-def cache_key(kind: str, identity: dict[str, Any], text: str) -> str:
-    """`kind/<sha256>` over the identity of what makes the result and the normalised text."""
+def cache_key(kind: str, identity: dict[str, Any], text: str, *, scope: str = "") -> str:
+    """`kind/[scope/]<sha256>` over the identity of what makes the result and the normalised
+    text. A scope (the caller) keeps an entry to the caller that made it."""
     document = json.dumps({"identity": identity, "text": normalise(text)}, sort_keys=True)
-    return f"{kind}/{hashlib.sha256(document.encode()).hexdigest()}"
+    digest = hashlib.sha256(document.encode()).hexdigest()
+    return f"{kind}/{scope}/{digest}" if scope else f"{kind}/{digest}"
 
 
 def normalise(text: str) -> str:

@@ -1,0 +1,1 @@
+"""Who may do what: caller identity, rate limits, and the secrets the providers need."""

@@ -1,0 +1,207 @@
+"""Per-caller and per-address request limits, counted in Table Storage.
+
+Every instance of the app counts in the same table, so a limit holds however far the app
+scales out. Each limit is a fixed window (a minute, a day): one entity per window and
+subject, incremented under optimistic concurrency (the entity's ETag), so two instances
+counting at once cannot lose an increment. A counter still contended after a few jittered
+retries refuses the request (429) rather than letting it through uncounted: a burst aimed
+at one counter cannot slip past it. Subjects are stored hashed (not in clear; an IPv4
+address could still be found from its hash by trying them all). Old windows are deleted by
+the daily clean-up (`sweep`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shared.config import Settings
+from shared.errors import TalkError
+from shared.lazy import load_once
+from shared.security.identity import Caller
+from shared.storage import StorageUnavailable, table_service
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+log = logging.getLogger(__name__)
+
+TABLE = "ratelimits"
+_ATTEMPTS = 10  # optimistic-concurrency rounds under contention
+_BACKOFF_S = 0.02  # up to this much, at random, between rounds
+
+
+class RateLimited(TalkError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str  # shown to the client: "per minute"
+    window_s: int
+    allowed: int
+
+
+class RateLimiter:
+    def __init__(self, table: TableClient, *, clock: Callable[[], float] = time.time) -> None:
+        self._table = table
+        self._clock = clock
+        self._created = False
+
+    def admit(self, subject: str, limits: list[Limit]) -> None:
+        """Count one request of `subject` against each limit; RateLimited when one is spent."""
+        for limit in limits:
+            if limit.allowed > 0:
+                self._count(subject, limit)
+
+    def _count(self, subject: str, limit: Limit) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            AzureError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        now = self._clock()
+        window = int(now // limit.window_s)
+        partition, row = f"{limit.window_s}-{window:012d}", _hashed(subject)
+        try:
+            for _ in range(_ATTEMPTS):
+                try:
+                    entity = self._table.get_entity(partition, row)
+                except ResourceNotFoundError:
+                    try:
+                        self._create({"PartitionKey": partition, "RowKey": row, "count": 1})
+                        return
+                    except ResourceExistsError:
+                        continue  # another instance counted first: read it again
+                count = int(entity.get("count", 0))
+                if count >= limit.allowed:
+                    retry_after = max(1, int((window + 1) * limit.window_s - now) + 1)
+                    raise RateLimited(
+                        f"too many requests ({limit.allowed} {limit.name}); "
+                        f"retry in {retry_after} s",
+                        retry_after,
+                    )
+                entity["count"] = count + 1
+                try:
+                    self._table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=entity.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                    return
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    time.sleep(random.uniform(0, _BACKOFF_S))
+        except AzureError as error:
+            raise StorageUnavailable(f"rate limits: {type(error).__name__}") from None
+        log.warning("Rate limit counter %s stayed contended: refusing", partition)
+        raise RateLimited("too many requests at once; retry in 1 s", 1)
+
+    def _create(self, entity: dict[str, object]) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            self._table.create_entity(entity)
+        except ResourceNotFoundError:  # the table itself is missing (first use)
+            if self._created:
+                raise
+            with contextlib.suppress(ResourceExistsError):
+                self._table.create_table()
+            self._created = True
+            self._table.create_entity(entity)
+
+    def sweep(self, older_than_s: float) -> int:
+        """Delete the counters of windows that ended `older_than_s` ago; how many."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        cutoff = self._clock() - older_than_s
+        deleted = 0
+        try:
+            entities = list(self._table.list_entities(select=["PartitionKey", "RowKey"]))
+        except ResourceNotFoundError:
+            return 0
+        for entity in entities:
+            window_s, _, window = entity["PartitionKey"].partition("-")
+            if (int(window) + 1) * int(window_s) < cutoff:
+                self._table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                deleted += 1
+        return deleted
+
+
+def _hashed(subject: str) -> str:
+    return hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+
+def address_subject(address: str) -> str:
+    """What one client address counts as: an IPv6 address by its /64 (one customer's
+    network can hold 2^64 of them)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return f"address:{address}"
+    if parsed.version == 6:
+        return f"address:{ipaddress.ip_network(f'{parsed}/64', strict=False)}"
+    return f"address:{parsed}"
+
+
+def limits_for(caller: Caller, settings: Settings) -> list[tuple[str, list[Limit]]]:
+    """(subject, limits) pairs that apply to a caller's `POST /talk`: the client address's
+    ceiling in either mode, and a signed-in caller's own allowance."""
+    pairs = []
+    if caller.address:
+        per_address = Limit(
+            "per minute from one address", 60, settings.rate_limit_per_address_per_minute
+        )
+        pairs.append((address_subject(caller.address), [per_address]))
+    elif settings.rate_limit_per_address_per_minute:
+        _warn_no_address()
+    if caller.authenticated:
+        pairs.append(
+            (
+                f"caller:{caller.owner}",
+                [
+                    Limit("per minute", 60, settings.rate_limit_per_minute),
+                    Limit("per day", 86_400, settings.rate_limit_per_day),
+                ],
+            )
+        )
+    return pairs
+
+
+@functools.cache
+def _warn_no_address() -> None:
+    # Azure's front end always sends X-Forwarded-For; without it no address can be
+    # limited, and one shared bucket would throttle every caller at once.
+    log.warning("No X-Forwarded-For on a request: the per-address rate limit cannot apply")
+
+
+def admit(caller: Caller, settings: Settings) -> None:
+    """Count a `POST /talk` against the caller's limits (RateLimited when spent)."""
+    pairs = limits_for(caller, settings)
+    if not any(limit.allowed for _, limits in pairs for limit in limits):
+        return
+    limiter = rate_limiter(settings)
+    for subject, limits in pairs:
+        limiter.admit(subject, limits)
+
+
+@load_once
+def rate_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(table_service(settings).get_table_client(TABLE))
