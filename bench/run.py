@@ -8,6 +8,7 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   tiny.en weights, interleaved, after warm-up; latency, real-time factor, word error rate
   and, in a fresh process each, peak RSS;
 - round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines;
+- decoding: an upload decoded in this process and in a capped child process, interleaved;
 - cold_start: a fresh process from `import function_app` to the first `/health` answer and
   to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
 - throughput: requests per minute with 1, 2 and 4 concurrent requests through the three
@@ -295,6 +296,9 @@ def markdown(results: dict[str, Any]) -> str:
     for name, row in results["round_trip"].items():
         cells = [f"{row[s]['p50']} / {row[s]['p95']}" for s in ("stt", "llm", "tts", "total")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| decoding an upload | p50 ms | p95 ms |", "|---|---|---|"]
+    for name, row in results["decoding"].items():
+        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
     cold = results["cold_start"]
     lines += [
         "",
@@ -342,6 +346,31 @@ def chart(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def bench_decoding(clips: list, repeats: int) -> dict[str, Any]:
+    """The decoder's guards cost nothing measurable; what costs is running it in a child
+    process (a pipe each way, the samples pickled back): both, interleaved, on the same
+    uploads, after warm-up."""
+    from shared.audio import IsolatedDecoder, decode_audio
+
+    decoder = IsolatedDecoder(workers=1)
+    limits = {"max_bytes": 10_000_000, "max_seconds": 120.0}
+    try:
+        decoder.decode(clips[0][1], **limits)  # start the child
+        timings: dict[str, list[float]] = {"in this process": [], "in a child process": []}
+        for _ in range(repeats * 5):
+            for _, upload, _ in clips:
+                for name, decode in (
+                    ("in this process", decode_audio),
+                    ("in a child process", decoder.decode),
+                ):
+                    started = time.perf_counter()
+                    decode(upload, **limits)
+                    timings[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        decoder.close()
+    return {name: percentiles(values) for name, values in timings.items()}
 
 
 def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
@@ -421,6 +450,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "repeats": repeats,
             "stt": bench_stt(clips, repeats, checkpoint),
             "round_trip": bench_round_trip(clips, repeats, checkpoint),
+            "decoding": bench_decoding(clips, repeats),
         }
     # The app's storage in Azure is always there: Azurite starts outside the measurements.
     with running_azurite() as storage:

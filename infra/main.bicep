@@ -268,6 +268,11 @@ var tags = { 'azd-env-name': environmentName }
 var resolvedFunctionAppName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var talkContainerName = 'talk-audio'
+// The largest upload the app takes (MAX_AUDIO_BYTES). The host refuses bodies a little
+// over it (room for the multipart framing and text fields), so a bigger one is cut at the
+// front door instead of being read into memory.
+var maxAudioBytes = 10000000
+var maxTextBodyBytes = 65536
 // CORS origins from the comma-separated parameter (origins hold no spaces). A list with the
 // '*' wildcard in it allows no origin at all rather than every one.
 var corsOriginList = replace(corsAllowedOrigins, ' ', '')
@@ -482,7 +487,9 @@ var appSettings = {
   WHISPER_COMPUTE_TYPE: 'int8'
   WHISPER_BEAM_SIZE: '1'
   WHISPER_LANGUAGE: ''
-  MAX_AUDIO_BYTES: '10000000'
+  MAX_AUDIO_BYTES: string(maxAudioBytes)
+  MAX_TEXT_BODY_BYTES: string(maxTextBodyBytes)
+  FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(maxAudioBytes + 2 * maxTextBodyBytes)
   MAX_AUDIO_SECONDS: '120'
   MAX_TEXT_CHARS: '4000'
   LLM_MAX_TOKENS: '120'

@@ -1,33 +1,64 @@
-"""Decode uploaded audio of any phone format into 16 kHz mono float32, from memory.
+"""Decode uploaded audio of any phone format into 16 kHz mono float32, from memory, with
+bounded cost whatever the bytes claim.
 
-PyAV (FFmpeg's libraries) demuxes and decodes MPEG-4/AAC, 3GP/AMR-NB, Ogg and WebM Opus,
-MP3, FLAC and WAV at any rate and channel count. Limits are enforced before and during
-decoding, so a file whose header or content lies about its length stops early instead of
-filling memory.
+- Only the containers phones and the app produce are opened, each with its own demuxer,
+  chosen from the upload's leading bytes: MPEG-4/3GP, Ogg, Matroska/WebM, MP3, FLAC, WAV,
+  ADTS AAC and AMR. FFmpeg never guesses, so a playlist, an SDP description or an ffconcat
+  list is refused as "not audio" instead of being followed to the network or the disk, and
+  a demuxer cannot open a second file (`io_open` refuses every one).
+- Sample rates outside 8 to 192 kHz are refused: resampling a 4 Hz stream to 16 kHz
+  multiplies it 4000 times.
+- Every decoded frame is checked against the remaining duration budget before it is
+  resampled, so memory stays proportional to the accepted duration; the decode also stops
+  after `DECODE_SECONDS` of wall time.
+- `decode_isolated` runs the decode in a child process capped at `DECODE_MEMORY_BYTES` of
+  address space and `DECODE_CPU_SECONDS` of CPU per decode: a decoder bug that still blew
+  up would end only the child, not the worker and every request in flight on it.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import multiprocessing
+import resource
+import threading
+import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 import av
 import numpy as np
 
-from shared.errors import AudioTooLarge, AudioTooLong, EmptyAudio, TruncatedAudio, UndecodableAudio
+from shared.errors import (
+    AudioTooLarge,
+    AudioTooLong,
+    EmptyAudio,
+    TalkError,
+    TruncatedAudio,
+    UndecodableAudio,
+)
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
+DECODE_SECONDS = 5.0  # wall time of one decode
+DECODE_CPU_SECONDS = 5  # CPU time of one decode in a child
+DECODE_MEMORY_BYTES = 300 * 1024 * 1024  # address space a child may add for one decode
+DECODE_WORKERS = 2
+# Probing reads at most this much and this long (µs) to find the streams.
+_OPEN_OPTIONS = {"probesize": str(1024 * 1024), "analyzeduration": str(5_000_000)}
 
-# Leading bytes of the containers phones produce. A file that starts like one of these but
-# cannot be read was cut off or damaged on the way, which the client can fix by resending.
-_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (4, b"ftyp", "MPEG-4/3GP"),
-    (0, b"RIFF", "WAV"),
-    (0, b"OggS", "Ogg"),
-    (0, b"fLaC", "FLAC"),
-    (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
-    (0, b"#!AMR", "AMR"),
-    (0, b"ID3", "MP3"),
+# Leading bytes of the containers phones produce, and the demuxer that reads each.
+_CONTAINERS: tuple[tuple[int, bytes, str, str], ...] = (
+    (4, b"ftyp", "mov", "MPEG-4/3GP"),
+    (0, b"OggS", "ogg", "Ogg"),
+    (0, b"fLaC", "flac", "FLAC"),
+    (0, b"\x1a\x45\xdf\xa3", "matroska", "WebM/Matroska"),
+    (0, b"#!AMR", "amr", "AMR"),
+    (0, b"ID3", "mp3", "MP3"),
 )
 # A decoded length this far below the declared one means the data ends early.
 _TRUNCATION_TOLERANCE_S = 0.25
@@ -42,27 +73,58 @@ class DecodedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
+def sniff(data: bytes) -> tuple[str, str] | None:
+    """(FFmpeg demuxer, name) for an upload's leading bytes, or None if it is not a
+    container this service reads."""
+    for offset, magic, demuxer, name in _CONTAINERS:
+        if data[offset : offset + len(magic)] == magic:
+            return demuxer, name
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav", "WAV"
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
+        # An MPEG audio frame sync; layer bits 00 mark ADTS AAC.
+        return ("aac", "ADTS AAC") if (data[1] >> 1) & 0x3 == 0 else ("mp3", "MP3")
+    return None
+
+
 def decode_audio(data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
-    """Decode `data` or raise the typed error that says why it cannot be used."""
+    """Decode `data` in this process or raise the typed error that says why it cannot be
+    used."""
     if not data:
         raise EmptyAudio("audio is empty (0 bytes)")
     if len(data) > max_bytes:
         raise AudioTooLarge(f"audio is {len(data)} bytes; the limit is {max_bytes} bytes")
+    container_format = sniff(data)
+    if container_format is None:
+        raise UndecodableAudio("the data is not audio in a supported format")
+    demuxer, name = container_format
+    deadline = time.monotonic() + DECODE_SECONDS
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(
+            io.BytesIO(data),
+            mode="r",
+            format=demuxer,
+            options=_OPEN_OPTIONS,
+            metadata_errors="ignore",
+            io_open=_refuse_other_files,
+        )
     except (av.FFmpegError, ValueError, OSError):
-        raise _unreadable(data) from None
+        raise _damaged(name) from None
     with container:
         if not container.streams.audio:
             raise UndecodableAudio("the file has no audio stream")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # a header no decoder can be opened for
+            raise _damaged(name)
+        stream.codec_context.thread_count = 1  # one decode, one thread: its cost is bounded
+        _check_rate(stream.codec_context.sample_rate)
         declared_s = _declared_seconds(container, stream)
         if declared_s is not None and declared_s > max_seconds:
             raise AudioTooLong(f"audio is {declared_s:.1f} s; the limit is {max_seconds:g} s")
         try:
-            samples = _decode_stream(container, stream, max_seconds)
-        except (av.FFmpegError, ValueError, OSError):
-            raise _unreadable(data) from None
+            samples = _decode_stream(container, stream, max_seconds, deadline)
+        except (av.FFmpegError, ValueError, OSError, MemoryError):
+            raise _damaged(name) from None
     if not samples.size:
         raise EmptyAudio("audio contains no samples")
     decoded = DecodedAudio(samples)
@@ -75,8 +137,22 @@ def decode_audio(data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedA
     return decoded
 
 
+def _refuse_other_files(url: str, flags: int, options: dict[str, str]) -> None:
+    raise PermissionError("an upload is read from memory only")
+
+
+def _check_rate(rate: int | None) -> None:
+    if not rate or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UndecodableAudio(
+            f"the sample rate {rate or 0} Hz is not supported (8 to 192 kHz are)"
+        )
+
+
 def _decode_stream(
-    container: av.container.InputContainer, stream: av.AudioStream, max_seconds: float
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    max_seconds: float,
+    deadline: float,
 ) -> np.ndarray:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     max_samples = int(max_seconds * SAMPLE_RATE)
@@ -88,19 +164,24 @@ def _decode_stream(
         for frame in frames:
             chunk = frame.to_ndarray().reshape(-1)
             total += len(chunk)
-            if total > max_samples:
-                raise AudioTooLong(f"audio is longer than the limit of {max_seconds:g} s")
             chunks.append(chunk)
 
     try:
         for frame in container.decode(stream):
+            # What this frame becomes at 16 kHz, checked before it is resampled: a frame
+            # may carry its own rate, and a long frame at a low rate multiplies.
+            _check_rate(frame.sample_rate)
+            if total + frame.samples * SAMPLE_RATE / frame.sample_rate > max_samples:
+                raise AudioTooLong(f"audio is longer than the limit of {max_seconds:g} s")
+            if time.monotonic() > deadline:
+                raise UndecodableAudio("the audio takes too long to decode")
             take(resampler.resample(frame))
         take(resampler.resample(None))
-    except (av.FFmpegError, ValueError, OSError):
+    except (av.FFmpegError, ValueError, OSError, MemoryError):
         if total:
             raise TruncatedAudio(f"audio is damaged after {total / SAMPLE_RATE:.1f} s") from None
         raise
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks)[:max_samples] if chunks else np.zeros(0, dtype=np.float32)
 
 
 def _declared_seconds(
@@ -130,8 +211,145 @@ def _ends_early(data: bytes) -> bool:
     return False
 
 
-def _unreadable(data: bytes) -> UndecodableAudio | TruncatedAudio:
-    for offset, magic, name in _SIGNATURES:
-        if data[offset : offset + len(magic)] == magic:
-            return TruncatedAudio(f"{name} audio is truncated or damaged and cannot be decoded")
-    return UndecodableAudio("the data is not audio in a supported format")
+def _damaged(name: str) -> TruncatedAudio:
+    """Bytes that start like a supported container but cannot be read were cut off or
+    damaged on the way, which the client can fix by resending."""
+    return TruncatedAudio(f"{name} audio is truncated or damaged and cannot be decoded")
+
+
+# --- decoding in a child process ------------------------------------------------------------
+
+_OVER_LIMITS = "the audio cannot be decoded within its limits"
+
+
+def _limit_memory(memory_bytes: int) -> None:
+    """A decoding child's address space: what it holds now plus one decode's allowance."""
+    size_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmSize:")
+    )
+    limit = size_kb * 1024 + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _serve_decodes(connection: Connection, memory_bytes: int, cpu_seconds: int) -> None:
+    """A decoding child: decode what arrives on `connection`, answer the result or the
+    typed error, until the parent hangs up. A decode past its CPU allowance ends the child
+    (SIGXCPU at the soft limit); one past its memory allowance fails its allocations."""
+    _limit_memory(memory_bytes)
+    while True:
+        try:
+            data, max_bytes, max_seconds = connection.recv()
+        except (EOFError, OSError):
+            return
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used = int(usage.ru_utime + usage.ru_stime)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_CPU, (used + cpu_seconds + 1, hard))
+        try:
+            answer: object = decode_audio(data, max_bytes=max_bytes, max_seconds=max_seconds)
+        except TalkError as error:
+            answer = error
+        except MemoryError:
+            answer = UndecodableAudio(_OVER_LIMITS)
+        except Exception as error:  # a decoder surprise: refused, and the child serves on
+            log.error("Decoding failed unexpectedly: %s", type(error).__name__, exc_info=True)
+            answer = UndecodableAudio("the data is not audio in a supported format")
+        connection.send(answer)
+
+
+@dataclass
+class _Child:
+    process: multiprocessing.process.BaseProcess
+    connection: Connection
+
+
+class IsolatedDecoder:
+    """Decoding children, started on first use (from a fork server that has only imported
+    this module), each serving one decode at a time, replaced when a decode ends one."""
+
+    def __init__(
+        self,
+        workers: int = DECODE_WORKERS,
+        *,
+        memory_bytes: int = DECODE_MEMORY_BYTES,
+        cpu_seconds: int = DECODE_CPU_SECONDS,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(workers)
+        self._idle: list[_Child] = []
+        self._lock = threading.Lock()
+        self._memory_bytes = memory_bytes
+        self._cpu_seconds = cpu_seconds
+
+    def _start(self) -> _Child:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["shared.audio"])
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_serve_decodes,
+            args=(theirs, self._memory_bytes, self._cpu_seconds),
+            daemon=True,
+            name="audio-decoder",
+        )
+        process.start()
+        theirs.close()
+        return _Child(process, ours)
+
+    def _take(self) -> _Child:
+        with self._lock:
+            while self._idle:
+                child = self._idle.pop()
+                if child.process.is_alive():
+                    return child
+                child.connection.close()
+        return self._start()
+
+    def decode(self, data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
+        if not data:
+            raise EmptyAudio("audio is empty (0 bytes)")
+        if len(data) > max_bytes:
+            raise AudioTooLarge(f"audio is {len(data)} bytes; the limit is {max_bytes} bytes")
+        with self._slots:
+            # A child found dead before its turn is replaced and the decode tried again;
+            # a decode that ends its own child is refused.
+            for _ in range(2):
+                child = self._take()
+                try:
+                    child.connection.send((data, max_bytes, max_seconds))
+                except (BrokenPipeError, OSError):
+                    child.connection.close()
+                    continue
+                try:
+                    answer = child.connection.recv()
+                except (EOFError, OSError):
+                    child.connection.close()
+                    child.process.join(timeout=5)
+                    log.warning(
+                        "A decode ended its child (exit %s): memory or CPU limit",
+                        child.process.exitcode,
+                    )
+                    raise UndecodableAudio(
+                        "the audio cannot be decoded within its limits"
+                    ) from None
+                with self._lock:
+                    self._idle.append(child)
+                if isinstance(answer, TalkError):
+                    raise answer
+                return answer
+        raise UndecodableAudio("the audio cannot be decoded right now")
+
+    def close(self) -> None:
+        with self._lock:
+            children, self._idle = self._idle, []
+        for child in children:
+            child.connection.close()
+            child.process.join(timeout=5)
+
+
+_decoder = IsolatedDecoder()
+
+
+def decode_isolated(data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
+    """`decode_audio` in a child process with capped memory and CPU."""
+    return _decoder.decode(data, max_bytes=max_bytes, max_seconds=max_seconds)

@@ -55,6 +55,9 @@ class Settings:
         "", "Language code of the speech; empty detects it (multilingual models only)."
     )
     max_text_chars: int = _setting(4000, "Longest accepted text question, in characters.")
+    max_text_body_bytes: int = _setting(
+        65_536, "Largest body of a request without audio (JSON, form fields), in bytes."
+    )
     system_prompt: str = _setting(DEFAULT_SYSTEM_PROMPT, "System prompt for the reply.")
     llm_max_tokens: int = _setting(120, "Most tokens the model may generate for a reply.")
     llm_temperature: float = _setting(0.7, "Sampling temperature for the reply.")
@@ -217,6 +220,7 @@ class Settings:
             "max_audio_bytes",
             "max_audio_seconds",
             "max_text_chars",
+            "max_text_body_bytes",
             "whisper_beam_size",
             "llm_max_tokens",
             "conversation_turns",
@@ -247,6 +251,13 @@ class Settings:
         if self.http_retries < 0:
             raise ConfigError("HTTP_RETRIES must be 0 or more")
         self.voice_map()  # raises on a malformed VOICES
+        if self.whisper_language:
+            from shared.stt import is_known_language
+
+            if not is_known_language(self.whisper_language):
+                raise ConfigError(
+                    f"WHISPER_LANGUAGE {self.whisper_language!r} is not a language Whisper knows"
+                )
         _one_of("AUTH_MODE", self.auth_mode, ("key", "jwt"))
         _one_of("CLIENT_SYSTEM_PROMPT", self.client_system_prompt, ("ignore", "append", "replace"))
         _one_of("ALLOW_VOICE_IDS", self.allow_voice_ids, ("on", "off"))
@@ -298,7 +309,8 @@ def _parse(name: str, raw: str, kind: type) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be of type {kind.__name__}, got {raw!r}") from None
+        shown = {int: "a whole number", float: "a number"}.get(kind, "text")
+        raise ConfigError(f"{name} must be {shown}, got {raw!r}") from None
 
 
 def local_values(root: Path) -> dict[str, str]:

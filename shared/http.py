@@ -102,6 +102,13 @@ class ProviderHttp:
             except requests.ConnectionError:
                 failure = ProviderError(self.provider, "connection failed", status=503)
                 delay = policy.backoff_s * 2**attempt
+            except requests.RequestException as error:
+                # Anything else (an invalid header, URL or body) will not change on a retry,
+                # and its message may quote a header, and so a key: only its kind is kept.
+                log.warning(
+                    "%s: the request could not be sent (%s)", self.provider, type(error).__name__
+                )
+                raise ProviderError(self.provider, "the request could not be sent") from None
             else:
                 if response.status_code < 400:
                     return response

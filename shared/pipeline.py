@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.audio import decode_audio
+from shared.audio import decode_isolated
 from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
 from shared.llm import build_messages, compose_system_prompt, get_generator
@@ -87,7 +87,7 @@ def transcribe(
     audio: bytes, *, request_id: str, settings: Settings, language: str | None = None
 ) -> Transcription:
     started = time.perf_counter()
-    decoded = decode_audio(
+    decoded = decode_isolated(
         audio, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds
     )
     transcriber = get_transcriber(settings)
@@ -154,7 +154,13 @@ def generate(
         elapsed = time.perf_counter() - started
         log.info("[%s] LLM cache hit in %.2fs chars=%d", request_id, elapsed, len(hit))
         return Reply(hit.decode(), _ms(elapsed), generator.name, cached=True)
-    messages = build_messages(system_prompt, question, history, generator.context_chars)
+    messages = build_messages(
+        system_prompt,
+        question,
+        history,
+        room=generator.room(settings.llm_max_tokens),
+        size=generator.size,
+    )
     # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
     for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
         raw = generator.generate(

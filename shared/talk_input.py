@@ -20,6 +20,7 @@ from werkzeug.http import parse_options_header
 from shared.config import Settings
 from shared.errors import AudioTooLarge, BadInput, NoInput, TextTooLong
 from shared.storage.conversations import validate_conversation_id
+from shared.stt import is_known_language
 from shared.tts.elevenlabs import is_voice_id
 
 # Extensions a stored upload may get; anything else is stored as `.bin`.
@@ -104,9 +105,18 @@ def parse_talk_input(
         raise AudioTooLarge(
             f"request is {len(body)} bytes; the audio limit is {settings.max_audio_bytes} bytes"
         )
+    is_json = mimetype == "application/json" or mimetype.endswith("+json")
+    if (is_json or mimetype == "application/x-www-form-urlencoded") and len(
+        body
+    ) > settings.max_text_body_bytes:
+        # No audio can be in these: only text, capped before anything parses it.
+        raise TextTooLong(
+            f"a request without audio is {len(body)} bytes; "
+            f"the limit is {settings.max_text_body_bytes} bytes"
+        )
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         fields, audio, extension = _parse_form(mimetype, options, body, settings)
-    elif mimetype == "application/json" or mimetype.endswith("+json"):
+    elif is_json:
         fields, audio, extension = _parse_json(body), None, ""
     elif mimetype.startswith("audio/") or mimetype == "application/octet-stream":
         fields, audio, extension = {}, body, _CONTENT_TYPE_EXTENSIONS.get(mimetype, "bin")
@@ -126,14 +136,20 @@ def _parse_form(
 ) -> tuple[dict[str, Any], bytes | None, str]:
     limit = settings.max_audio_bytes + _FRAMING_BYTES
     parser = FormDataParser(
-        max_form_memory_size=limit, max_content_length=limit, max_form_parts=16, silent=False
+        # The text fields together (everything but the audio file) are text-sized.
+        max_form_memory_size=settings.max_text_body_bytes,
+        max_content_length=limit,
+        max_form_parts=16,
+        silent=False,
     )
     try:
         _, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
     except ValueError:
         raise BadInput("the form body is malformed") from None
     except RequestEntityTooLarge:
-        raise AudioTooLarge(f"the form is over the limit of {limit} bytes") from None
+        raise TextTooLong(
+            f"the form's text fields are over the limit of {settings.max_text_body_bytes} bytes"
+        ) from None
     except HTTPException as error:  # werkzeug's other refusals, e.g. too many parts
         raise BadInput(f"the form is not acceptable: {error.description}") from None
     if len(files.getlist("audio")) > 1:
@@ -166,6 +182,8 @@ def _validated(
     for name, value in fields.items():
         if value is not None and not isinstance(value, str):
             raise BadInput(f"{name} must be a string")
+        if value is not None and not _is_text(value):
+            raise BadInput(f"{name} is not valid text")
     text = fields.get("text") if fields.get("text") is not None else fields.get("prompt")
     if text is not None and len(text) > settings.max_text_chars:
         raise TextTooLong(f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
@@ -176,8 +194,8 @@ def _validated(
     if audio is None and not (text and text.strip()):
         raise NoInput("send audio (multipart field `audio`) or text (`text` or `prompt`)")
     language = (fields.get("language") or "").strip().lower() or None
-    if language is not None and not _LANGUAGE.match(language):
-        raise BadInput("language must be a language code such as en or fi")
+    if language is not None and not (_LANGUAGE.match(language) and is_known_language(language)):
+        raise BadInput("language must be a language code Whisper knows, such as en or fi")
     voice = (fields.get("voice") or "").strip() or None
     if voice is not None and len(voice) > MAX_FIELD_CHARS:
         raise BadInput(f"voice must be at most {MAX_FIELD_CHARS} characters")
@@ -203,6 +221,15 @@ def _validated(
         system_prompt=system_prompt,
         conversation_id=validate_conversation_id(fields.get("conversation_id")),
     )
+
+
+def _is_text(value: str) -> bool:
+    """Whether a string is text UTF-8 can carry: JSON may hold lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _extension(filename: str | None, mimetype: str | None) -> str:

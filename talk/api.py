@@ -42,6 +42,7 @@ from shared.talk_input import parse_talk_input
 from talk.orchestration import ORCHESTRATOR
 from talk.responses import (
     error_response,
+    json_errors,
     pending_response,
     preferred_format,
     reply_response,
@@ -88,6 +89,7 @@ def refused(error: TalkError, rid: str | None) -> func.HttpResponse:
 
 @bp.route(route="talk", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@json_errors
 async def talk_start(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
@@ -103,7 +105,9 @@ async def talk_start(
         # Counted before anything is parsed, stored or sent to a provider.
         await asyncio.to_thread(admit, caller, settings)
         key = validate_key(req.headers.get("Idempotency-Key"))
-        talk_input = parse_talk_input(
+        # Parsing a body of megabytes takes a while: not on the loop every request shares.
+        talk_input = await asyncio.to_thread(
+            parse_talk_input,
             req.headers.get("Content-Type"),
             req.get_body(),
             settings,
@@ -117,7 +121,7 @@ async def talk_start(
         store = blob_store(settings)
         if key:
             records = IdempotencyRecords(store)
-            print_ = fingerprint(talk_input.audio, talk_input.fields())
+            print_ = await asyncio.to_thread(fingerprint, talk_input.audio, talk_input.fields())
             claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
             if not claim.mine:
                 if claim.fingerprint != print_:
@@ -269,6 +273,7 @@ async def _wait_and_answer(
 
 @bp.route(route="talk/{request_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@json_errors
 async def talk_result(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
@@ -336,9 +341,12 @@ async def _answer(
         log.info("[%s] /talk failed: %s", rid, error["message"])
         return error_response(error["status"], error["message"], rid, error["code"])
     try:
-        mp3 = await asyncio.to_thread(blob_store(get_settings()).get, output["audio_blob"])
+        stored = await asyncio.to_thread(blob_store(get_settings()).fetch, output["audio_blob"])
     except TalkError as error:
         return error_response(error.status, error.message, rid, error.code)
+    if stored is None:  # deleted by the retention rule: it will not come back
+        return error_response(410, "the reply has expired", rid, "expired")
+    mp3 = stored.data
     if started is not None:
         # What the caller waited, which is what the app feels.
         output["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000)
@@ -351,6 +359,7 @@ async def _answer(
     auth_level=func.AuthLevel.FUNCTION,
 )
 @bp.durable_client_input(client_name="client")
+@json_errors
 async def talk_conversation(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
@@ -378,6 +387,7 @@ async def talk_conversation(
 
 @bp.route(route="talk/me", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
+@json_errors
 async def talk_forget_me(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:

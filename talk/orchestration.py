@@ -10,6 +10,7 @@ error's status (502/503).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Generator
@@ -19,12 +20,13 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared.config import get_settings
-from shared.errors import BadInput, ConfigError, TalkError, error_payload
+from shared.errors import BadInput, ConfigError, ProviderError, TalkError, error_payload
 from shared.pipeline import generate, synthesize, transcribe
 from shared.storage import StorageUnavailable, blob_store
 from shared.storage.conversations import Turn, conversation_store
 
 bp = df.Blueprint()
+log = logging.getLogger("talk")
 
 ORCHESTRATOR = "talk_orchestrator"
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=500, max_number_of_attempts=3)
@@ -69,6 +71,19 @@ def _call(
     return result
 
 
+def _save_turn(
+    context: df.DurableOrchestrationContext, job: dict[str, Any]
+) -> Generator[Any, Any, bool]:
+    """Save the turn (retried as every activity is); a save that still fails does not
+    throw away a reply already generated and spoken: the answer says the turn was not
+    saved."""
+    try:
+        saved = yield from _call(context, "save_turn", job)
+    except Exception:  # refused, or failed after its retries
+        return False
+    return bool(saved["saved"])
+
+
 @bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR)
 def talk_orchestrator(
     context: df.DurableOrchestrationContext,
@@ -111,10 +126,10 @@ def talk_orchestrator(
                 "voice": job.get("voice"),
             },
         )
+        turn_saved = None
         if conversation:
-            yield from _call(
+            turn_saved = yield from _save_turn(
                 context,
-                "save_turn",
                 {
                     "owner": job["owner"],
                     "conversation_id": conversation["id"],
@@ -152,18 +167,39 @@ def talk_orchestrator(
             "tts": speech["provider"],
         },
         "conversation_id": conversation["id"] if conversation else None,
+        "turn_saved": turn_saved,
         "cache": [stage for stage, result in (("llm", reply), ("tts", speech)) if result["cached"]],
     }
 
 
-def _stage(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run an activity's work: bad input is a result, anything transient raises for a retry."""
+INTERNAL_ERROR = {
+    "status": 500,
+    "code": "internal",
+    "message": "the request could not be processed",
+}
+
+
+def _stage(name: str, job: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run an activity's work. A bad request, a setting, and a provider that failed after
+    its own retries are the stage's answer: retrying the activity would only multiply the
+    provider calls (at most `HTTP_RETRIES + 1` per stage). Storage that failed raises, so
+    the orchestration retries the activity. Anything unexpected is logged once and ends
+    the request as `500 internal`, without blind retries."""
     try:
         return work()
-    except (BadInput, ConfigError) as error:
+    except (BadInput, ConfigError, ProviderError) as error:
         return {"error": error_payload(error)}
     except TalkError as error:
         raise TransientStageFailure(error) from error
+    except Exception as error:
+        log.error(
+            "[%s] %s failed unexpectedly: %s",
+            job.get("request_id"),
+            name,
+            type(error).__name__,
+            exc_info=True,
+        )
+        return {"error": INTERNAL_ERROR}
 
 
 @bp.function_name("transcribe")
@@ -183,7 +219,7 @@ def transcribe_activity(job: dict[str, Any]) -> dict[str, Any]:
             "provider": heard.provider,
         }
 
-    return _stage(work)
+    return _stage("transcribe", job, work)
 
 
 @bp.function_name("generate")
@@ -206,7 +242,7 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
             "cached": reply.cached,
         }
 
-    return _stage(work)
+    return _stage("generate", job, work)
 
 
 @bp.function_name("synthesize")
@@ -225,7 +261,7 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
         # overwrites a reply, and a colliding request id could not either.
         blob = f"{job['blob_prefix']}reply-{secrets.token_hex(4)}.mp3"
         if not blob_store(settings).put(blob, speech.mp3, "audio/mpeg", overwrite=False):
-            raise StorageUnavailable(f"{blob} exists already")
+            raise StorageUnavailable("the reply could not be stored")
         return {
             "blob": blob,
             "bytes": len(speech.mp3),
@@ -234,7 +270,7 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
             "cached": speech.cached,
         }
 
-    return _stage(work)
+    return _stage("synthesize", job, work)
 
 
 @bp.function_name("save_turn")
@@ -250,4 +286,4 @@ def save_turn_activity(job: dict[str, Any]) -> dict[str, Any]:
         # False when the conversation was erased while this request ran: it stays erased.
         return {"saved": store.append(job["owner"], job["conversation_id"], turn)}
 
-    return _stage(work)
+    return _stage("save_turn", job, work)

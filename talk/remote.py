@@ -70,7 +70,8 @@ def ask_backend(
             raise BadInput("send audio or text")
         response = _collect(session, base, response, headers)
     except OSError as error:  # requests' connection errors, unreadable files
-        raise TalkError(f"cannot reach {base}: {type(error).__name__}") from None
+        log.debug("Cannot reach %s: %s", base, type(error).__name__)
+        raise TalkError(f"cannot reach {base}") from None
     log.info("Backend response code: %d", response.status_code)
     if response.status_code != 200:
         raise _backend_error(response)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +45,29 @@ def error_response(
     )
 
 
+def internal_error_response() -> func.HttpResponse:
+    return error_response(500, "the request could not be processed", None, "internal")
+
+
+def json_errors(
+    function: Callable[..., Awaitable[func.HttpResponse]],
+) -> Callable[..., Awaitable[func.HttpResponse]]:
+    """An HTTP function that answers anything unexpected with a JSON `500 internal` (logged
+    once, with its kind), never the host's empty 500 or a stack trace."""
+
+    @functools.wraps(function)
+    async def answering(*args: Any, **kwargs: Any) -> func.HttpResponse:
+        try:
+            return await function(*args, **kwargs)
+        except Exception as error:
+            log.error(
+                "%s failed unexpectedly: %s", function.__name__, type(error).__name__, exc_info=True
+            )
+            return internal_error_response()
+
+    return answering
+
+
 def pending_response(request_id: str) -> func.HttpResponse:
     return func.HttpResponse(
         json.dumps({"request_id": request_id, "status": "running"}),
@@ -74,6 +99,8 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
             headers["X-Language"] = output["language"]
         if output.get("conversation_id"):
             headers["X-Conversation-Id"] = output["conversation_id"]
+        if output.get("turn_saved") is False:
+            headers["X-Turn-Saved"] = "false"
         response = func.HttpResponse(mp3, status_code=200, mimetype=MP3, headers=headers)
     else:
         body = {
@@ -89,9 +116,13 @@ def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> 
         }
         if output.get("conversation_id"):
             body["conversation_id"] = output["conversation_id"]
+        if output.get("turn_saved") is False:
+            body["turn_saved"] = False
         response = func.HttpResponse(
             json.dumps(body, ensure_ascii=False), status_code=200, mimetype=JSON, headers=headers
         )
+    if output.get("turn_saved") is False:
+        log.warning("[%s] the turn was not saved to its conversation", rid)
     log.info("[%s] Backend response code: 200", rid)
     log_success(rid, timings["total"] / 1000, len(output["text"]), len(mp3))
     return response

@@ -3,9 +3,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import psutil
 import pytest
 
-from shared.audio import SAMPLE_RATE, decode_audio
+from shared.audio import SAMPLE_RATE, IsolatedDecoder, decode_audio
 from shared.errors import (
     AudioTooLarge,
     AudioTooLong,
@@ -86,3 +87,55 @@ def test_a_header_that_hides_the_length_is_stopped_while_decoding() -> None:
     data[chunk + 4 : chunk + 8] = (0xFFFFFFFF).to_bytes(4, "little")
     with pytest.raises(AudioTooLong):
         decode_audio(bytes(data), max_bytes=10_000_000, max_seconds=1.0)
+
+
+# --- decoding in a child process ---------------------------------------------------------
+
+
+def test_the_isolated_decoder_gives_the_same_samples() -> None:
+    upload = phone_upload(QUESTIONS[0], "m4a")
+    decoder = IsolatedDecoder(workers=1)
+    try:
+        isolated = decoder.decode(upload, **LIMITS)
+    finally:
+        decoder.close()
+    assert np.array_equal(isolated.samples, decode_audio(upload, **LIMITS).samples)
+
+
+def test_a_decode_over_its_memory_allowance_is_refused_in_its_child() -> None:
+    decoder = IsolatedDecoder(workers=1, memory_bytes=1024 * 1024)
+    try:
+        with pytest.raises(TalkError) as refused:
+            decoder.decode(encode(np.zeros(16_000 * 30, np.int16), 16_000, "wav"), **LIMITS)
+    finally:
+        decoder.close()
+    assert refused.value.status == 422
+
+
+def test_a_child_that_died_is_replaced_and_the_next_decode_works() -> None:
+    upload = phone_upload(QUESTIONS[0], "m4a")
+    decoder = IsolatedDecoder(workers=1)
+    try:
+        decoder.decode(upload, **LIMITS)
+        workers = [
+            child
+            for child in psutil.Process().children(recursive=True)
+            if "forkserver" not in " ".join(child.cmdline())
+        ]
+        assert workers
+        for worker in workers:
+            worker.kill()  # as the kernel does at a CPU or memory limit
+        psutil.wait_procs(workers, timeout=10)
+        assert decoder.decode(upload, **LIMITS).duration_s > 1
+    finally:
+        decoder.close()
+
+
+def test_a_decode_over_its_cpu_allowance_ends_its_child_and_is_refused() -> None:
+    # An allowance already spent: the kernel ends the child (SIGXCPU) as the decode starts.
+    decoder = IsolatedDecoder(workers=1, cpu_seconds=-1)
+    try:
+        with pytest.raises(UndecodableAudio, match="within its limits"):
+            decoder.decode(phone_upload(QUESTIONS[0], "m4a"), **LIMITS)
+    finally:
+        decoder.close()

@@ -21,6 +21,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "cold_start",
         "throughput",
         "request_checks",
+        "decoding",
     }
     assert saved["machine"]["cores"] >= 1
     assert set(saved["stt"]) == {

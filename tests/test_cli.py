@@ -118,4 +118,4 @@ def test_a_broken_setting_exits_1_with_one_line(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("LLM_MAX_TOKENS=many\n")
     done = run_cli("--text", "hi", cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: LLM_MAX_TOKENS must be of type int, got 'many'"
+    assert done.stderr.strip() == "error: LLM_MAX_TOKENS must be a whole number, got 'many'"

@@ -39,7 +39,7 @@ def test_an_empty_value_means_the_default() -> None:
 @pytest.mark.parametrize(
     ("env", "says"),
     [
-        ({"MAX_AUDIO_BYTES": "ten"}, "MAX_AUDIO_BYTES must be of type int, got 'ten'"),
+        ({"MAX_AUDIO_BYTES": "ten"}, "MAX_AUDIO_BYTES must be a whole number, got 'ten'"),
         ({"MAX_AUDIO_SECONDS": "0"}, "MAX_AUDIO_SECONDS must be greater than 0"),
         ({"LLM_TEMPERATURE": "3"}, "LLM_TEMPERATURE must be between 0 and 2"),
         ({"MP3_BITRATE_KBPS": "1000"}, "MP3_BITRATE_KBPS must be between 8 and 320"),

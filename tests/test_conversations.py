@@ -184,7 +184,7 @@ def test_a_saved_turn_saved_again_is_stored_once(azurite) -> None:
 
 def test_the_oldest_turns_are_trimmed_to_fit_the_context() -> None:
     history = [(f"question {i} " + "x" * 100, f"reply {i} " + "y" * 100) for i in range(10)]
-    messages = build_messages("Be kind.", "And now?", history, budget_chars=700)
+    messages = build_messages("Be kind.", "And now?", history, room=700)
     kept = [m["content"] for m in messages if m["role"] == "user"][:-1]
     assert kept == [history[i][0] for i in (7, 8, 9)]
     assert sum(len(m["content"]) for m in messages) <= 700

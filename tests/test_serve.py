@@ -165,7 +165,7 @@ def test_an_unknown_route_is_404(server) -> None:
 def test_an_unreachable_backend_is_one_line(tmp_path: Path) -> None:
     done = run_cli("--text", "Hi", "--url", "http://127.0.0.1:9", cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: cannot reach http://127.0.0.1:9: ConnectionError"
+    assert done.stderr.strip() == "error: cannot reach http://127.0.0.1:9"
 
 
 def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:

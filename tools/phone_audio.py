@@ -70,4 +70,5 @@ def encode(pcm: np.ndarray, rate: int, extension: str) -> bytes:
 def speak(text: str) -> tuple[np.ndarray, int]:
     """`text` spoken by the embedded voice: mono int16 samples and their rate."""
     piper = PiperSynthesizer(load_piper(""), bitrate_kbps=48)
-    return np.frombuffer(piper.synthesize_pcm(text), dtype=np.int16), piper.sample_rate
+    pcm = piper.synthesize_pcm(text, deterministic=True)  # the same question, the same audio
+    return np.frombuffer(pcm, dtype=np.int16), piper.sample_rate

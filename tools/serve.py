@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)
     from shared.security.secrets import redact
     from tools.devhost.durable import app_durable_host
-    from tools.devhost.functions import FunctionsHttpHost
+    from tools.devhost.functions import DEFAULT_BODY_LIMIT, FunctionsHttpHost
 
     redact.install()
     key = os.environ.get("TALK_FUNCTION_KEY") or secrets.token_hex(32)
@@ -74,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     with app_durable_host() as durable:
         try:
             front = FunctionsHttpHost(
-                durable, key=key, master_key=master_key, host=args.host, port=args.port
+                durable,
+                key=key,
+                master_key=master_key,
+                host=args.host,
+                port=args.port,
+                body_limit=int(
+                    os.environ.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or DEFAULT_BODY_LIMIT
+                ),
             )
         except OSError as error:
             reason = (

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from shared.config import Settings
+from shared.errors import TextTooLong
 
 if TYPE_CHECKING:
     from shared.security.secrets import SecretStore
@@ -19,11 +20,19 @@ class ChatMessage(TypedDict):
 
 class ReplyGenerator(Protocol):
     name: str
-    context_chars: int  # how much chat (about 3 to 4 characters a token) fits the model
     model: str
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         """The model's raw reply to the chat `messages`."""
+        ...
+
+    def room(self, max_tokens: int) -> int:
+        """How much of the chat fits the model's context beside a reply of `max_tokens`,
+        in the units `size` measures."""
+        ...
+
+    def size(self, text: str) -> int:
+        """How much of the context `text` takes, as one message."""
         ...
 
 
@@ -31,18 +40,25 @@ def build_messages(
     system_prompt: str,
     question: str,
     history: Sequence[tuple[str, str]] = (),
-    budget_chars: int | None = None,
+    *,
+    room: int | None = None,
+    size: Callable[[str], int] = len,
 ) -> list[ChatMessage]:
     """The chat for `question` after the earlier (question, reply) turns in `history`.
 
-    The oldest turns are dropped until everything fits `budget_chars`, so a long
-    conversation never overflows the model's context.
+    The oldest turns are dropped until everything fits `room` (as `size` measures it), so a
+    long conversation never overflows the model's context; a question that does not fit
+    even alone is TextTooLong (413).
     """
     kept = list(history)
-    if budget_chars is not None:
-        used = len(system_prompt) + len(question)
-        while kept and used + sum(len(q) + len(r) for q, r in kept) > budget_chars:
+    if room is not None:
+        used = size(system_prompt) + size(question)
+        if used > room:
+            raise TextTooLong("the question is too long for the model's context")
+        turns = [size(q) + size(r) for q, r in kept]
+        while kept and used + sum(turns) > room:
             kept.pop(0)
+            turns.pop(0)
     messages: list[ChatMessage] = [{"role": "system", "content": system_prompt}]
     for earlier_question, earlier_reply in kept:
         messages.append({"role": "user", "content": earlier_question})

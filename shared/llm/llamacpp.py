@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TextTooLong
 from shared.lazy import load_once
 from shared.llm import ChatMessage
 
@@ -25,15 +25,26 @@ CONTEXT_TOKENS = 2048
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s+\S")
 
 
+# What the chat template adds around each message (role markers), in tokens.
+_MESSAGE_OVERHEAD_TOKENS = 8
+
+
 class LlamaCppGenerator:
     name = "local"
-    # The context's tokens less the reply's, at about 3 characters a token.
-    context_chars = (CONTEXT_TOKENS - 200) * 3
 
     def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
         self._llama, self._lock = loaded
         self._max_sentences = max_sentences
         self.model = Path(self._llama.model_path).name
+
+    def room(self, max_tokens: int) -> int:
+        return CONTEXT_TOKENS - max_tokens - _MESSAGE_OVERHEAD_TOKENS
+
+    def size(self, text: str) -> int:
+        """Tokens, counted by the model's own tokenizer: characters say little about an
+        adversarial text (one emoji can be several tokens)."""
+        tokens = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return len(tokens) + _MESSAGE_OVERHEAD_TOKENS
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         text = ""
@@ -42,13 +53,18 @@ class LlamaCppGenerator:
             chunks = self._llama.create_chat_completion(
                 messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True
             )
-            for chunk in chunks:
-                text += chunk["choices"][0]["delta"].get("content") or ""
-                # The reply is cut to whole sentences for speech anyway: stop generating
-                # once there are enough of them (and a word of the next, to be sure).
-                if len(_SENTENCE_END.findall(text)) > self._max_sentences:
-                    chunks.close()
-                    break
+            try:
+                for chunk in chunks:
+                    text += chunk["choices"][0]["delta"].get("content") or ""
+                    # The reply is cut to whole sentences for speech anyway: stop generating
+                    # once there are enough of them (and a word of the next, to be sure).
+                    if len(_SENTENCE_END.findall(text)) > self._max_sentences:
+                        chunks.close()
+                        break
+            except ValueError as error:  # what the token count before did not foresee
+                if "context window" not in str(error):
+                    raise
+                raise TextTooLong("the question is too long for the model's context") from None
         return text
 
 

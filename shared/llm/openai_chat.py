@@ -9,15 +9,22 @@ from shared.errors import ProviderError
 from shared.http import ProviderHttp
 from shared.llm import ChatMessage
 
+# Chat models served this way have contexts of 8k tokens and more: at a token per 3 to 4
+# characters, 24,000 characters of chat leave room for any reply.
+CONTEXT_CHARS = 24_000
+
 
 class OpenAIChatGenerator:
-    # Chat models served this way have contexts of 8k tokens and more.
-    context_chars = 24_000
-
     def __init__(self, http: ProviderHttp, model: str) -> None:
         self.name = http.provider
         self._http = http
         self.model = model
+
+    def room(self, max_tokens: int) -> int:
+        return CONTEXT_CHARS
+
+    def size(self, text: str) -> int:
+        return len(text)
 
     def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
         response = self._http.post_json(

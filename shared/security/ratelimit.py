@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.errors import TalkError
 from shared.lazy import load_once
 from shared.security.identity import Caller
-from shared.storage import StorageUnavailable, table_service
+from shared.storage import table_service, unavailable
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -110,7 +110,7 @@ class RateLimiter:
                 except (ResourceModifiedError, ResourceNotFoundError):
                     time.sleep(random.uniform(0, _BACKOFF_S))
         except AzureError as error:
-            raise StorageUnavailable(f"rate limits: {type(error).__name__}") from None
+            raise unavailable("rate limits", error) from None
         log.warning("Rate limit counter %s stayed contended: refusing", partition)
         raise RateLimited("too many requests at once; retry in 1 s", 1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,8 @@ SECRET_DOCS: dict[str, str] = {
     "ELEVENLABS_API_KEY": "ElevenLabs API key (Key Vault: `elevenlabs-api-key`).",
     "LLM_API_KEY": "API key for `LLM_BASE_URL` (Key Vault: `llm-api-key`).",
 }
+# What an HTTP header value may hold: visible ASCII and inner spaces.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 # How long a Key Vault that could not be reached is left alone before the next try.
 _FAILURE_BACKOFF_S = 30.0
 
@@ -100,7 +103,8 @@ class KeyVaultSource:
         except ResourceNotFoundError:
             return None
         except AzureError as error:
-            raise SourceUnavailable(type(error).__name__) from error
+            log.warning("Key Vault: %s", type(error).__name__)
+            raise SourceUnavailable("unreachable") from error
 
 
 class SecretStore:
@@ -129,13 +133,20 @@ class SecretStore:
             cached = self._cache.get(env_name)
             if cached and cached[0] > now:
                 return cached[1]
-            value, complete = self._lookup(env_name, now)
+            raw, complete = self._lookup(env_name, now)
+            if raw:
+                redact.register(raw)
+            # A line break pasted with a key is not part of it.
+            value = raw.strip() if raw else None
+            if value and not _HEADER_VALUE.fullmatch(value):
+                raise ConfigError(
+                    f"{env_name} holds characters a request header cannot carry "
+                    "(a line break or a control character inside it): set it again"
+                )
             # A miss while a source is down is re-checked soon, not after the full TTL.
             ttl = self._ttl_s if value or complete else _FAILURE_BACKOFF_S
-            self._cache[env_name] = (now + ttl, value)
-        if value:
-            redact.register(value)
-        return value
+            self._cache[env_name] = (now + ttl, value or None)
+        return value or None
 
     def clear(self) -> None:
         """Forget cached values, e.g. after a secret was entered at a prompt."""
@@ -167,8 +178,8 @@ class SecretStore:
                 continue
             try:
                 value = source.get(env_name)
-            except SourceUnavailable as error:
-                reason = f"{source.name} unreachable: {error}"
+            except SourceUnavailable:
+                reason = f"{source.name} unreachable"
                 log.warning("Cannot read %s: %s", env_name, reason)
                 self._down[source.name] = (now + _FAILURE_BACKOFF_S, reason)
                 complete = False
@@ -204,8 +215,11 @@ class Redactor(logging.Filter):
         self._values: set[str] = set()
 
     def register(self, value: str) -> None:
-        if len(value) >= 4:
-            self._values.add(value)
+        """Redact `value` and, in case it arrived with whitespace around or inside it, each
+        of its pieces long enough to be unmistakable."""
+        for piece in {value, value.strip(), *value.split()}:
+            if len(piece) >= 8 or (piece == value.strip() and len(piece) >= 4):
+                self._values.add(piece)
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -218,6 +232,9 @@ class Redactor(logging.Filter):
             cleaned = self(message)
             if cleaned != message:
                 record.msg, record.args = cleaned, None
+            if record.exc_info:  # a traceback's messages may quote a header, and so a key
+                record.exc_text = self(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
         return True
 
     def install(self) -> None:

@@ -30,6 +30,13 @@ class StorageUnavailable(TalkError):
     code = "storage_unavailable"
 
 
+def unavailable(what: str, error: Exception) -> StorageUnavailable:
+    """The error a client sees when storage fails: what failed is logged, with the kind of
+    failure; the client is told only to retry, with no blob names or class names."""
+    log.warning("Storage: %s failed: %s", what, type(error).__name__)
+    return StorageUnavailable("storage is unavailable, retry shortly")
+
+
 @dataclass(frozen=True)
 class StoredBlob:
     data: bytes
@@ -85,12 +92,13 @@ class BlobStore:
         except ResourceExistsError:
             return None
         except AzureError as error:
-            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
+            raise unavailable(f"storing {name}", error) from None
 
     def get(self, name: str) -> bytes:
         stored = self.fetch(name)
         if stored is None:
-            raise StorageUnavailable(f"{name} is missing from storage")
+            log.warning("Storage: %s is missing", name)
+            raise StorageUnavailable("storage is unavailable, retry shortly")
         return stored.data
 
     def fetch(self, name: str) -> StoredBlob | None:
@@ -103,7 +111,7 @@ class BlobStore:
         except ResourceNotFoundError:
             return None
         except AzureError as error:
-            raise StorageUnavailable(f"cannot read {name}: {type(error).__name__}") from None
+            raise unavailable(f"reading {name}", error) from None
         properties = download.properties
         return StoredBlob(
             data, dict(properties.metadata or {}), properties.last_modified, properties.etag
@@ -130,7 +138,7 @@ class BlobStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
         except AzureError as error:
-            raise StorageUnavailable(f"cannot store {name}: {type(error).__name__}") from None
+            raise unavailable(f"storing {name}", error) from None
 
     def names(self, prefix: str) -> list[str]:
         """The names of the blobs under `prefix`."""
@@ -141,7 +149,7 @@ class BlobStore:
         except ResourceNotFoundError:
             return []
         except AzureError as error:
-            raise StorageUnavailable(f"cannot list {prefix}: {type(error).__name__}") from None
+            raise unavailable(f"listing {prefix}", error) from None
 
     def delete_prefix(self, prefix: str) -> list[str]:
         """Delete every blob under `prefix`; the names deleted."""
@@ -161,7 +169,7 @@ class BlobStore:
         except (ResourceNotFoundError, ResourceModifiedError):
             pass
         except AzureError as error:
-            raise StorageUnavailable(f"cannot delete {name}: {type(error).__name__}") from None
+            raise unavailable(f"deleting {name}", error) from None
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the container answers to the app's credential.
@@ -178,7 +186,8 @@ class BlobStore:
         except ResourceNotFoundError:
             return
         except AzureError as error:
-            raise StorageUnavailable(f"storage unreachable: {type(error).__name__}") from None
+            log.warning("Storage check failed: %s", type(error).__name__)
+            raise StorageUnavailable("storage unreachable") from None
 
     def _ensure_container(self) -> None:
         from azure.core.exceptions import ResourceExistsError

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from shared.config import Settings
 from shared.errors import BadInput, NotFound
 from shared.lazy import load_once
-from shared.storage import StorageUnavailable, table_service
+from shared.storage import table_service, unavailable
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -246,7 +246,7 @@ class TableConversationStore:
         except ResourceNotFoundError:
             raise
         except AzureError as error:
-            raise StorageUnavailable(f"conversation storage: {type(error).__name__}") from None
+            raise unavailable("conversation storage", error) from None
 
     def _ensure_table(self) -> None:
         from azure.core.exceptions import ResourceExistsError

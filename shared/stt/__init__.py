@@ -25,6 +25,13 @@ class Transcriber(Protocol):
         ...
 
 
+def is_known_language(code: str) -> bool:
+    """Whether Whisper knows the language code (`en`, `fi`, `haw`, ...)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return code in _LANGUAGE_CODES
+
+
 def get_transcriber(settings: Settings) -> Transcriber:
     if settings.stt_engine == "openai-whisper":
         from shared.stt.openaiwhisper import OpenAIWhisperTranscriber, load_openai_whisper

@@ -28,11 +28,17 @@ class PiperSynthesizer:
     def sample_rate(self) -> int:
         return self._voice.config.sample_rate
 
-    def synthesize_pcm(self, text: str) -> bytes:
-        """Mono signed 16-bit PCM at `sample_rate`."""
+    def synthesize_pcm(self, text: str, *, deterministic: bool = False) -> bytes:
+        """Mono signed 16-bit PCM at `sample_rate`. Piper varies its delivery a little at
+        random; `deterministic` turns that off, so the same text is always the same audio
+        (for test fixtures and benchmarks)."""
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if deterministic else None
         # Piper phonemizes through espeak-ng, whose state is global to the process.
         with self._lock:
-            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+            chunks = self._voice.synthesize(text, syn_config=config)
+            return b"".join(chunk.audio_int16_bytes for chunk in chunks)
 
     def identity(self, voice: str | None) -> dict[str, object]:
         return {
