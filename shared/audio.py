@@ -18,15 +18,19 @@ bounded cost whatever the bytes claim.
 
 from __future__ import annotations
 
+import atexit
 import io
+import json
 import logging
-import multiprocessing
 import resource
+import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -60,6 +64,8 @@ _CONTAINERS: tuple[tuple[int, bytes, str, str], ...] = (
     (0, b"#!AMR", "amr", "AMR"),
     (0, b"ID3", "mp3", "MP3"),
 )
+_NOT_AUDIO = "the data is not audio in a supported format"
+_OVER_LIMITS = "the audio cannot be decoded within its limits"
 # A decoded length this far below the declared one means the data ends early.
 _TRUNCATION_TOLERANCE_S = 0.25
 
@@ -96,7 +102,7 @@ def decode_audio(data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedA
         raise AudioTooLarge(f"audio is {len(data)} bytes; the limit is {max_bytes} bytes")
     container_format = sniff(data)
     if container_format is None:
-        raise UndecodableAudio("the data is not audio in a supported format")
+        raise UndecodableAudio(_NOT_AUDIO)
     demuxer, name = container_format
     deadline = time.monotonic() + DECODE_SECONDS
     try:
@@ -218,12 +224,41 @@ def _damaged(name: str) -> TruncatedAudio:
 
 
 # --- decoding in a child process ------------------------------------------------------------
+#
+# A decoding child is `python -m shared.audio`, talking over its stdin and stdout: frames of
+# a JSON header and raw bytes each way, never pickles, so a child that a hostile file had
+# subverted still could not run code in the parent. The child's answer is float32 samples
+# or an error code the parent maps back to its own typed errors.
 
-_OVER_LIMITS = "the audio cannot be decoded within its limits"
+_ROOT = Path(__file__).resolve().parent.parent
+_ERRORS = {
+    error.code: error
+    for error in (AudioTooLarge, AudioTooLong, EmptyAudio, TruncatedAudio, UndecodableAudio)
+}
+
+
+def _write_frame(stream: BinaryIO, header: dict[str, object], payload: bytes) -> None:
+    head = json.dumps(header).encode()
+    stream.write(struct.pack(">II", len(head), len(payload)) + head + payload)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO, max_payload: int) -> tuple[dict[str, Any], bytes] | None:
+    sizes = stream.read(8)
+    if len(sizes) < 8:
+        return None
+    head_size, payload_size = struct.unpack(">II", sizes)
+    if head_size > 4096 or payload_size > max_payload:
+        raise ValueError("frame over its size")
+    header = json.loads(stream.read(head_size))
+    payload = stream.read(payload_size)
+    if len(payload) < payload_size:
+        return None
+    return header, payload
 
 
 def _limit_memory(memory_bytes: int) -> None:
-    """A decoding child's address space: what it holds now plus one decode's allowance."""
+    """The child's address space: what it holds now plus one decode's allowance."""
     size_kb = next(
         int(line.split()[1])
         for line in Path("/proc/self/status").read_text().splitlines()
@@ -233,41 +268,40 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _serve_decodes(connection: Connection, memory_bytes: int, cpu_seconds: int) -> None:
-    """A decoding child: decode what arrives on `connection`, answer the result or the
-    typed error, until the parent hangs up. A decode past its CPU allowance ends the child
-    (SIGXCPU at the soft limit); one past its memory allowance fails its allocations."""
+def serve_decodes() -> None:
+    """The decoding child: decode each request from stdin and answer on stdout, until
+    stdin closes. A decode past its CPU allowance ends the child (SIGXCPU at the soft
+    limit); one past its memory allowance fails its allocations and is refused."""
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the answers
+    memory_bytes = int(sys.argv[1]) if len(sys.argv) > 1 else DECODE_MEMORY_BYTES
     _limit_memory(memory_bytes)
-    while True:
-        try:
-            data, max_bytes, max_seconds = connection.recv()
-        except (EOFError, OSError):
-            return
+    while (frame := _read_frame(requests, 64 * 1024 * 1024)) is not None:
+        job, data = frame
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = int(usage.ru_utime + usage.ru_stime)
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        resource.setrlimit(resource.RLIMIT_CPU, (used + cpu_seconds + 1, hard))
+        resource.setrlimit(resource.RLIMIT_CPU, (used + job["cpu_seconds"] + 1, hard))
         try:
-            answer: object = decode_audio(data, max_bytes=max_bytes, max_seconds=max_seconds)
+            decoded = decode_audio(data, max_bytes=job["max_bytes"], max_seconds=job["max_seconds"])
+            answer, samples = {"ok": True}, decoded.samples.astype(np.float32).tobytes()
         except TalkError as error:
-            answer = error
+            answer, samples = {"code": error.code, "message": error.message}, b""
         except MemoryError:
-            answer = UndecodableAudio(_OVER_LIMITS)
+            answer, samples = {"code": UndecodableAudio.code, "message": _OVER_LIMITS}, b""
         except Exception as error:  # a decoder surprise: refused, and the child serves on
-            log.error("Decoding failed unexpectedly: %s", type(error).__name__, exc_info=True)
-            answer = UndecodableAudio("the data is not audio in a supported format")
-        connection.send(answer)
-
-
-@dataclass
-class _Child:
-    process: multiprocessing.process.BaseProcess
-    connection: Connection
+            print(f"Decoding failed unexpectedly: {type(error).__name__}", file=sys.stderr)
+            answer = {
+                "code": UndecodableAudio.code,
+                "message": _NOT_AUDIO,
+            }
+            samples = b""
+        _write_frame(answers, answer, samples)
 
 
 class IsolatedDecoder:
-    """Decoding children, started on first use (from a fork server that has only imported
-    this module), each serving one decode at a time, replaced when a decode ends one."""
+    """Decoding children, started on first use, each serving one decode at a time and
+    replaced when a decode ends one."""
 
     def __init__(
         self,
@@ -277,32 +311,26 @@ class IsolatedDecoder:
         cpu_seconds: int = DECODE_CPU_SECONDS,
     ) -> None:
         self._slots = threading.BoundedSemaphore(workers)
-        self._idle: list[_Child] = []
+        self._idle: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._memory_bytes = memory_bytes
         self._cpu_seconds = cpu_seconds
 
-    def _start(self) -> _Child:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["shared.audio"])
-        ours, theirs = context.Pipe()
-        process = context.Process(
-            target=_serve_decodes,
-            args=(theirs, self._memory_bytes, self._cpu_seconds),
-            daemon=True,
-            name="audio-decoder",
+    def _start(self) -> subprocess.Popen[bytes]:
+        # `-m` from the app's root puts the root on the child's import path.
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.audio", str(self._memory_bytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=_ROOT,
         )
-        process.start()
-        theirs.close()
-        return _Child(process, ours)
 
-    def _take(self) -> _Child:
+    def _take(self) -> subprocess.Popen[bytes]:
         with self._lock:
             while self._idle:
                 child = self._idle.pop()
-                if child.process.is_alive():
+                if child.poll() is None:
                     return child
-                child.connection.close()
         return self._start()
 
     def decode(self, data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
@@ -310,46 +338,51 @@ class IsolatedDecoder:
             raise EmptyAudio("audio is empty (0 bytes)")
         if len(data) > max_bytes:
             raise AudioTooLarge(f"audio is {len(data)} bytes; the limit is {max_bytes} bytes")
+        job = {"max_bytes": max_bytes, "max_seconds": max_seconds, "cpu_seconds": self._cpu_seconds}
         with self._slots:
-            # A child found dead before its turn is replaced and the decode tried again;
-            # a decode that ends its own child is refused.
-            for _ in range(2):
-                child = self._take()
-                try:
-                    child.connection.send((data, max_bytes, max_seconds))
-                except (BrokenPipeError, OSError):
-                    child.connection.close()
-                    continue
-                try:
-                    answer = child.connection.recv()
-                except (EOFError, OSError):
-                    child.connection.close()
-                    child.process.join(timeout=5)
-                    log.warning(
-                        "A decode ended its child (exit %s): memory or CPU limit",
-                        child.process.exitcode,
-                    )
-                    raise UndecodableAudio(
-                        "the audio cannot be decoded within its limits"
-                    ) from None
-                with self._lock:
-                    self._idle.append(child)
-                if isinstance(answer, TalkError):
-                    raise answer
-                return answer
-        raise UndecodableAudio("the audio cannot be decoded right now")
+            child = self._take()
+            assert child.stdin is not None and child.stdout is not None
+            try:
+                _write_frame(child.stdin, job, data)
+                frame = _read_frame(child.stdout, int(max_seconds * SAMPLE_RATE * 4) + 64)
+            except (OSError, ValueError):
+                frame = None
+            if frame is None:  # the child ended during this decode
+                child.kill()
+                child.wait()
+                log.warning(
+                    "A decode ended its child (exit %s): memory or CPU limit", child.returncode
+                )
+                raise UndecodableAudio(_OVER_LIMITS)
+            with self._lock:
+                self._idle.append(child)
+        answer, samples = frame
+        if not answer.get("ok"):
+            error = _ERRORS.get(answer.get("code"), UndecodableAudio)
+            raise error(str(answer.get("message") or _OVER_LIMITS))
+        return DecodedAudio(np.frombuffer(samples, dtype=np.float32))
 
     def close(self) -> None:
         with self._lock:
             children, self._idle = self._idle, []
         for child in children:
-            child.connection.close()
-            child.process.join(timeout=5)
+            if child.stdin is not None:
+                child.stdin.close()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 _decoder = IsolatedDecoder()
+atexit.register(_decoder.close)
 
 
 def decode_isolated(data: bytes, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
     """`decode_audio` in a child process with capped memory and CPU."""
     return _decoder.decode(data, max_bytes=max_bytes, max_seconds=max_seconds)
+
+
+if __name__ == "__main__":
+    serve_decodes()
