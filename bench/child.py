@@ -25,11 +25,15 @@ def _peak_rss_mb() -> float:
 def stt_rss(job: dict[str, Any]) -> dict[str, Any]:
     from shared.config import Settings
     from shared.pipeline import transcribe
+    from shared.stt import get_transcriber
 
     settings = Settings(stt_engine=job["engine"], whisper_model=job["model"])
+    started = time.perf_counter()
+    get_transcriber(settings)
+    load_ms = (time.perf_counter() - started) * 1000
     for clip in job["clips"]:
         transcribe(Path(clip).read_bytes(), request_id="rss", settings=settings)
-    return {"peak_rss_mb": _peak_rss_mb()}
+    return {"peak_rss_mb": _peak_rss_mb(), "load_ms": round(load_ms, 1)}
 
 
 def cold_start(job: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,13 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   fallback, no VAD) against the default (faster-whisper int8 with Silero VAD), on the same
   tiny.en weights, interleaved, after warm-up; latency, real-time factor, word error rate
   and, in a fresh process each, peak RSS;
-- round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines;
+- stt_models: the default multilingual Whisper `base` against the English-only `tiny.en`,
+  both faster-whisper, interleaved: on the English questions latency, real-time factor,
+  word error rate, peak RSS and load time in a fresh process; on Finnish questions (spoken
+  by espeak-ng) the language heard, the character error rate and what `tiny.en` makes of
+  them; and the one-off cost of putting `base` back together from its two packages;
+- round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines on
+  `tiny.en`, and for the default (`base`);
 - decoding: an upload decoded in this process and in a capped child process, interleaved;
 - cold_start: a fresh process from `import function_app` to the first `/health` answer and
   to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
@@ -51,6 +57,14 @@ QUESTIONS = (
     "Can you recommend a good book for a rainy weekend?",
     "What should I cook for dinner tonight?",
     "How do I stay focused when I work from home?",
+)
+FINNISH_QUESTIONS = (
+    "Mihin aikaan apteekki sulkeutuu sunnuntaisin?",
+    "Mihin aikaan aurinko nousee huomenna?",
+    "Kerro minulle hyvä resepti illalliseksi.",
+    "Miten voin rentoutua pitkän päivän jälkeen?",
+    "Muistuta minua soittamaan äidille huomenna aamulla.",
+    "Mikä on Suomen pääkaupunki?",
 )
 PACKAGES = (
     "faster-whisper",
@@ -116,32 +130,9 @@ def bench_stt(clips: list, repeats: int, checkpoint: Path) -> dict[str, Any]:
         "openai-whisper (original)": embedded(
             stt_engine="openai-whisper", whisper_model=str(checkpoint)
         ),
-        "faster-whisper (ours)": embedded(),
+        "faster-whisper (ours)": embedded(whisper_model="tiny.en"),
     }
-    for settings in engines.values():  # load and warm up
-        transcribe(clips[0][1], request_id="warmup", settings=settings)
-    latencies: dict[str, list[float]] = {name: [] for name in engines}
-    rtf: dict[str, list[float]] = {name: [] for name in engines}
-    heard: dict[str, list[str]] = {name: [] for name in engines}
-    for _ in range(repeats):
-        for _question, audio, seconds in clips:
-            for name, settings in engines.items():  # interleaved: same noise for both
-                started = time.perf_counter()
-                text = transcribe(audio, request_id="bench", settings=settings).text
-                elapsed = time.perf_counter() - started
-                latencies[name].append(elapsed * 1000)
-                rtf[name].append(elapsed / seconds)
-                heard[name].append(text)
-    references = [q for _ in range(repeats) for q, _, _ in clips]
-    results = {
-        name: {
-            "latency_ms": percentiles(latencies[name]),
-            "real_time_factor_p50": round(statistics.median(rtf[name]), 3),
-            "word_error_rate": word_error_rate(references, heard[name]),
-            "peak_rss_mb": _stt_rss(settings, clips),
-        }
-        for name, settings in engines.items()
-    }
+    results: dict[str, Any] = compare_stt(engines, clips, repeats)
     original, ours = engines
     results["speed_ratio"] = round(
         results[original]["latency_ms"]["p50"] / results[ours]["latency_ms"]["p50"], 2
@@ -149,15 +140,48 @@ def bench_stt(clips: list, repeats: int, checkpoint: Path) -> dict[str, Any]:
     return results
 
 
-def _stt_rss(settings: Settings, clips: list) -> float:
-    """Peak RSS of a fresh process that loads one engine and transcribes every clip."""
+def compare_stt(
+    configurations: dict[str, Settings], clips: list, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Latency, real-time factor and word error rate of each configuration, interleaved
+    (the same noise for all) after warm-up, and each one's peak RSS in a fresh process."""
+    for settings in configurations.values():
+        transcribe(clips[0][1], request_id="warmup", settings=settings)
+    latencies: dict[str, list[float]] = {name: [] for name in configurations}
+    rtf: dict[str, list[float]] = {name: [] for name in configurations}
+    heard: dict[str, list[str]] = {name: [] for name in configurations}
+    for _ in range(repeats):
+        for _question, audio, seconds in clips:
+            for name, settings in configurations.items():
+                started = time.perf_counter()
+                text = transcribe(audio, request_id="bench", settings=settings).text
+                elapsed = time.perf_counter() - started
+                latencies[name].append(elapsed * 1000)
+                rtf[name].append(elapsed / seconds)
+                heard[name].append(text)
+    references = [q for _ in range(repeats) for q, _, _ in clips]
+    return {
+        name: {
+            "latency_ms": percentiles(latencies[name]),
+            "real_time_factor_p50": round(statistics.median(rtf[name]), 3),
+            "word_error_rate": word_error_rate(references, heard[name]),
+            **_stt_process(settings, clips),
+        }
+        for name, settings in configurations.items()
+    }
+
+
+def _stt_process(settings: Settings, clips: list) -> dict[str, float]:
+    """Peak RSS of a fresh process that loads one engine and transcribes every clip, and how
+    long the load took."""
     with tempfile.TemporaryDirectory() as folder:
         job = {
             "engine": settings.stt_engine,
             "model": settings.whisper_model,
             "clips": _clip_files(Path(folder), clips),
         }
-        return _child("stt_rss", job)["peak_rss_mb"]
+        result = _child("stt_rss", job)
+        return {"peak_rss_mb": result["peak_rss_mb"], "load_ms": result["load_ms"]}
 
 
 def _clip_files(folder: Path, clips: list) -> list[str]:
@@ -170,6 +194,59 @@ def _clip_files(folder: Path, clips: list) -> list[str]:
     return paths
 
 
+def bench_stt_models(clips: list, repeats: int) -> dict[str, Any]:
+    """Whisper base (the default) against tiny.en, interleaved, on the same uploads."""
+    from shared.stt.models import base_model_dir
+
+    models = {"tiny.en": embedded(whisper_model="tiny.en"), "base": embedded()}
+    english = compare_stt(models, clips, repeats)
+    finnish = hear_finnish(models, FINNISH_QUESTIONS[: max(2, len(clips))])
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        base_model_dir(Settings(model_cache_dir=cache))
+        assembly_ms = round((time.perf_counter() - started) * 1000, 1)
+    return {
+        "english": english,
+        "finnish": finnish,
+        "base_assembly_ms": assembly_ms,
+        "speed_ratio": round(
+            english["base"]["latency_ms"]["p50"] / english["tiny.en"]["latency_ms"]["p50"], 2
+        ),
+    }
+
+
+def hear_finnish(models: dict[str, Settings], texts: tuple[str, ...]) -> dict[str, Any]:
+    """What each model makes of Finnish questions spoken by espeak-ng: the language heard,
+    the character error rate, and how many were refused (and why)."""
+    from shared.errors import BadInput
+    from tools.espeak_speech import speak as speak_finnish
+
+    uploads = [encode(*speak_finnish(text), "m4a") for text in texts]
+    results: dict[str, Any] = {}
+    for name, settings in models.items():
+        outcomes, languages, heard, timings = [], [], [], []
+        for upload in uploads:
+            started = time.perf_counter()
+            try:
+                result = transcribe(upload, request_id="bench", settings=settings)
+                outcomes.append("transcript")
+                languages.append(result.language)
+                heard.append(result.text)
+            except BadInput as refused:
+                outcomes.append(refused.code)
+                heard.append("")
+            timings.append((time.perf_counter() - started) * 1000)
+        results[name] = {
+            "latency_ms": percentiles(timings),
+            "heard_as_finnish": f"{languages.count('fi')}/{len(uploads)}",
+            "character_error_rate": round(
+                jiwer.cer([t.lower() for t in texts], [h.lower() for h in heard]), 3
+            ),
+            "outcomes": {o: outcomes.count(o) for o in sorted(set(outcomes))},
+        }
+    return results
+
+
 # --- the round trip -----------------------------------------------------------------------
 
 
@@ -178,7 +255,8 @@ def bench_round_trip(clips: list, repeats: int, checkpoint: Path) -> dict[str, A
         "original STT (openai-whisper)": embedded(
             stt_engine="openai-whisper", whisper_model=str(checkpoint)
         ),
-        "ours (faster-whisper)": embedded(),
+        "ours (faster-whisper)": embedded(whisper_model="tiny.en"),
+        "ours, default model (base)": embedded(),
     }
     results = {}
     for name, settings in configurations.items():
@@ -289,6 +367,33 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Speed ratio (p50): faster-whisper is {stt['speed_ratio']}x openai-whisper.",
+        "",
+        "| Whisper model, English | p50 ms | p95 ms | real-time factor | WER | peak RSS MB "
+        "| load ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    models = results["stt_models"]
+    for name, row in models["english"].items():
+        lines.append(
+            f"| {name} | {row['latency_ms']['p50']} | {row['latency_ms']['p95']} | "
+            f"{row['real_time_factor_p50']} | {row['word_error_rate']:.1%} | "
+            f"{row['peak_rss_mb']} | {row['load_ms']} |"
+        )
+    lines += [
+        "",
+        f"base takes {models['speed_ratio']}x the time of tiny.en (p50); putting base back "
+        f"together from its packages, once per instance: {models['base_assembly_ms']} ms.",
+        "",
+        "| Whisper model, Finnish (espeak-ng) | p50 ms | heard as Finnish | CER | outcomes |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in models["finnish"].items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in row["outcomes"].items())
+        lines.append(
+            f"| {name} | {row['latency_ms']['p50']} | {row['heard_as_finnish']} | "
+            f"{row['character_error_rate']:.1%} | {outcomes} |"
+        )
+    lines += [
         "",
         "| round trip | STT p50/p95 | LLM p50/p95 | TTS p50/p95 | total p50/p95 ms |",
         "|---|---|---|---|---|",
@@ -449,6 +554,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "clips": len(clips),
             "repeats": repeats,
             "stt": bench_stt(clips, repeats, checkpoint),
+            "stt_models": bench_stt_models(clips, repeats),
             "round_trip": bench_round_trip(clips, repeats, checkpoint),
             "decoding": bench_decoding(clips, repeats),
         }

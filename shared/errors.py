@@ -63,6 +63,13 @@ class NoSpeech(BadInput):
     code = "no_speech"
 
 
+class Unintelligible(BadInput):
+    """Speech the model could not make out: it looped or guessed with no confidence."""
+
+    status = 422
+    code = "unintelligible"
+
+
 class NotFound(TalkError):
     """Nothing of that id belongs to the caller (whether or not it exists for another)."""
 
@@ -82,11 +89,14 @@ class ProviderError(TalkError):
     status = 502
     code = "provider_error"
 
-    def __init__(self, provider: str, reason: str, *, status: int = 502) -> None:
+    def __init__(
+        self, provider: str, reason: str, *, status: int = 502, upstream: int | None = None
+    ) -> None:
         super().__init__(f"{provider}: {reason}")
         self.provider = provider
         self.reason = reason
         self.status = status
+        self.upstream = upstream  # the provider's own HTTP status, when it answered
 
 
 def error_payload(error: TalkError) -> dict[str, object]:

@@ -144,7 +144,9 @@ def _status_error(provider: str, response: requests.Response) -> ProviderError:
     if detail:
         reason += f" ({detail})"
     # Rate limits and outages are the provider's temporary state: 503 tells clients to retry.
-    return ProviderError(provider, reason, status=503 if status in (429, 503) else 502)
+    return ProviderError(
+        provider, reason, status=503 if status in (429, 503) else 502, upstream=status
+    )
 
 
 def _short_detail(response: requests.Response) -> str:

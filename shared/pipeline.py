@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from shared.audio import decode_isolated
 from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
-from shared.llm import build_messages, compose_system_prompt, get_generator
+from shared.llm import (
+    build_messages,
+    compose_system_prompt,
+    get_generator,
+    language_instruction,
+)
 from shared.llm.speech_text import clean_for_speech
 from shared.providers import default_secrets
 from shared.security.identity import SHARED_OWNER
@@ -118,6 +123,7 @@ def generate(
     history: Sequence[tuple[str, str]] = (),
     owner: str = SHARED_OWNER,
     in_conversation: bool = False,
+    language: str | None = None,
 ) -> Reply:
     """The reply to `question`. `system_prompt` is the client's, applied as
     `CLIENT_SYSTEM_PROMPT` says; `owner` scopes the reply cache to its caller."""
@@ -132,7 +138,7 @@ def generate(
     generator = get_generator(settings, secrets or default_secrets(settings))
     system_prompt = compose_system_prompt(
         settings.system_prompt, system_prompt, settings.client_system_prompt
-    )
+    ) + language_instruction(language)
     # A warm assistant need not say the same thing twice: replies are cached only on request,
     # and never within a conversation.
     cacheable = settings.llm_cache == "on" and not (history or in_conversation)
@@ -186,21 +192,22 @@ def synthesize(
     voice: str | None = None,
     secrets: SecretStore | None = None,
     owner: str = SHARED_OWNER,
+    language: str | None = None,
 ) -> Speech:
     """`text` spoken as MP3. Speech is cached for everyone in key mode (there is one
     owner); a signed-in caller's speech is cached under that caller, so it is erased with
     them."""
     started = time.perf_counter()
-    synthesizer = get_synthesizer(settings, secrets or default_secrets(settings))
+    synthesizer = get_synthesizer(settings, secrets or default_secrets(settings), language)
     cache = response_cache(settings) if settings.tts_cache == "on" else None
     scope = "" if owner == SHARED_OWNER else owner
-    key = cache_key("tts", synthesizer.identity(voice), text, scope=scope)
+    key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
     if cache and (hit := cache.get(key)):
         elapsed = time.perf_counter() - started
         log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
         return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
     try:
-        mp3 = synthesizer.synthesize(text, voice=voice)
+        mp3 = synthesizer.synthesize(text, voice=voice, language=language)
     except (ProviderError, MissingSecret) as error:
         if settings.tts_fallback != "piper" or synthesizer.name == "piper":
             raise
@@ -210,10 +217,10 @@ def synthesize(
             synthesizer.name,
             error,
         )
-        synthesizer = embedded_synthesizer(settings)
-        mp3 = synthesizer.synthesize(text, voice=voice)
+        synthesizer = embedded_synthesizer(settings, language)
+        mp3 = synthesizer.synthesize(text, voice=voice, language=language)
     if cache:
-        key = cache_key("tts", synthesizer.identity(voice), text, scope=scope)
+        key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
         cache.put(key, mp3, "audio/mpeg")
     elapsed = time.perf_counter() - started
     log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
@@ -236,6 +243,7 @@ def talk(
         question = request.text
     else:
         raise NoInput("send audio or text")
+    language = heard.language if heard else request.language
     # The command line is its operator's own: a conversation id it names is started on
     # first use (the HTTP API only continues conversations it issued).
     conversations = conversation_store(settings) if request.conversation_id else None
@@ -251,12 +259,17 @@ def talk(
         system_prompt=request.system_prompt,
         secrets=secrets,
         history=history,
+        language=language,
     )
     speech = synthesize(
-        reply.text, request_id=rid, settings=settings, voice=request.voice, secrets=secrets
+        reply.text,
+        request_id=rid,
+        settings=settings,
+        voice=request.voice,
+        secrets=secrets,
+        language=language,
     )
     if conversations and request.conversation_id:
-        language = heard.language if heard else request.language
         conversations.append(
             SHARED_OWNER,
             request.conversation_id,
@@ -268,7 +281,7 @@ def talk(
         request_id=rid,
         transcript=heard.text if heard else None,
         text=reply.text,
-        language=heard.language if heard else request.language,
+        language=language,
         mp3=speech.mp3,
         timings_ms=_timings(
             heard.elapsed_ms if heard else 0, reply.elapsed_ms, speech.elapsed_ms, total

@@ -100,6 +100,7 @@ def talk_orchestrator(
                 {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
             )
         question = heard["text"] if heard else job["text"]
+        language = heard["language"] if heard else job.get("language")
         # The HTTP function checked the conversation belongs to the caller and read its
         # history: no activity (and no queue hop) is spent on it here.
         conversation = job.get("conversation")
@@ -113,6 +114,7 @@ def talk_orchestrator(
                 "system_prompt": job.get("system_prompt"),
                 "history": conversation["history"] if conversation else [],
                 "in_conversation": conversation is not None,
+                "language": language,
             },
         )
         speech = yield from _call(
@@ -124,6 +126,7 @@ def talk_orchestrator(
                 "blob_prefix": job["blob_prefix"],
                 "text": reply["text"],
                 "voice": job.get("voice"),
+                "language": language,
             },
         )
         turn_saved = None
@@ -137,7 +140,7 @@ def talk_orchestrator(
                     "request_id": rid,
                     "question": question,
                     "reply": reply["text"],
-                    "language": heard["language"] if heard else job.get("language"),
+                    "language": language,
                     # The orchestration's clock, not the activity's: a retried save of
                     # this turn writes the same entity instead of a second copy.
                     "at": context.current_utc_datetime.isoformat(),
@@ -152,7 +155,7 @@ def talk_orchestrator(
         "request_id": rid,
         "transcript": heard["text"] if heard else None,
         "text": reply["text"],
-        "language": heard["language"] if heard else job.get("language"),
+        "language": language,
         "audio_blob": speech["blob"],
         "audio_bytes": speech["bytes"],
         "timings_ms": {
@@ -234,6 +237,7 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
             history=[tuple(turn) for turn in job.get("history", [])],
             owner=job["owner"],
             in_conversation=job.get("in_conversation", False),
+            language=job.get("language"),
         )
         return {
             "text": reply.text,
@@ -256,6 +260,7 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
             settings=settings,
             voice=job.get("voice"),
             owner=job["owner"],
+            language=job.get("language"),
         )
         # A name of its own per attempt, written create-only: a retried synthesize never
         # overwrites a reply, and a colliding request id could not either.

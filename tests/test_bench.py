@@ -17,6 +17,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "clips",
         "repeats",
         "stt",
+        "stt_models",
         "round_trip",
         "cold_start",
         "throughput",
@@ -29,6 +30,8 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "faster-whisper (ours)",
         "speed_ratio",
     }
+    assert set(saved["stt_models"]["english"]) == {"tiny.en", "base"}
+    assert saved["stt_models"]["finnish"]["base"]["heard_as_finnish"] == "2/2"
     assert saved["cold_start"]["models_loaded_at_health"] is False
     assert saved["cold_start"]["talk_status"] == 200
     assert saved["throughput"]["model_loads"] == {"whisper": 1, "llm": 1, "piper": 1}

@@ -18,7 +18,8 @@ def test_defaults_without_any_environment() -> None:
     assert settings == Settings()
     assert settings.max_audio_bytes == 10_000_000
     assert settings.max_audio_seconds == 120
-    assert (settings.whisper_model, settings.whisper_compute_type) == ("tiny.en", "int8")
+    assert (settings.whisper_model, settings.whisper_compute_type) == ("base", "int8")
+    assert settings.language_list == ("fi", "en")
     assert (settings.llm_max_tokens, settings.llm_temperature) == (120, 0.7)
 
 

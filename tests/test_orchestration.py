@@ -86,6 +86,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "system_prompt": None,
         "history": [],
         "in_conversation": False,
+        "language": "en",
     }
 
     complete(history, "generate", generate["input"], REPLY)
@@ -98,6 +99,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "blob_prefix": PREFIX,
         "text": "I am well, thank you.",
         "voice": "Kim",
+        "language": "en",
     }
 
     complete(history, "synthesize", synthesize["input"], SPEECH)
@@ -133,6 +135,27 @@ def test_a_text_question_skips_transcription() -> None:
     assert state["output"]["transcript"] is None
     assert state["output"]["providers"]["stt"] is None
     assert state["output"]["timings_ms"]["stt"] == 0
+
+
+def test_the_language_heard_is_the_language_of_the_reply_and_its_voice() -> None:
+    history = History("talk_orchestrator", RID, AUDIO_JOB)  # the app says "en"
+    _, [transcribe] = run_episode(history)
+    complete(history, "transcribe", transcribe["input"], {**HEARD, "language": "fi"})
+    _, actions = run_episode(history)
+    assert json.loads(actions[-1]["input"])["language"] == "fi"
+    complete(history, "generate", actions[-1]["input"], REPLY)
+    _, actions = run_episode(history)
+    assert json.loads(actions[-1]["input"])["language"] == "fi"
+    complete(history, "synthesize", actions[-1]["input"], SPEECH)
+    state, _ = run_episode(history)
+    assert state["output"]["language"] == "fi"
+
+
+def test_a_text_question_is_answered_in_the_language_the_app_names() -> None:
+    job = {**AUDIO_JOB, "audio_blob": None, "text": "Kerro jotain mukavaa.", "language": "fi"}
+    history = History("talk_orchestrator", RID, job)
+    _, [generate] = run_episode(history)
+    assert json.loads(generate["input"])["language"] == "fi"
 
 
 def test_a_conversation_brings_its_history_and_saves_the_turn() -> None:

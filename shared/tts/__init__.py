@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from shared.config import Settings
@@ -9,31 +10,45 @@ from shared.config import Settings
 if TYPE_CHECKING:
     from shared.security.secrets import SecretStore
 
+log = logging.getLogger(__name__)
+
 
 class SpeechSynthesizer(Protocol):
     name: str
 
-    def synthesize(self, text: str, *, voice: str | None) -> bytes:
-        """MP3 bytes of `text` spoken by `voice` (a persona name; None is the default)."""
+    def synthesize(self, text: str, *, voice: str | None, language: str | None = None) -> bytes:
+        """MP3 bytes of `text`, in `language` (a code; None: as the text reads), spoken by
+        `voice` (a persona name; None is the default)."""
         ...
 
-    def identity(self, voice: str | None) -> dict[str, object]:
+    def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
         """Everything besides the text that changes the audio: a cache key's other half."""
         ...
 
 
-def embedded_synthesizer(settings: Settings) -> SpeechSynthesizer:
+def embedded_synthesizer(settings: Settings, language: str | None = None) -> SpeechSynthesizer:
+    """Piper, with the voice `PIPER_VOICES` has for `language`, else the default voice (a
+    language it does not speak is still spoken, never silence; the log says so)."""
     from shared.tts.piper import PiperSynthesizer, load_piper
 
-    return PiperSynthesizer(load_piper(settings.piper_voice_path), settings.mp3_bitrate_kbps)
+    path = settings.piper_voice_map().get(language or "", settings.piper_voice_path)
+    synthesizer = PiperSynthesizer(load_piper(path), settings.mp3_bitrate_kbps)
+    if language and not synthesizer.speaks(language):
+        log.warning(
+            "No embedded voice speaks %r (set PIPER_VOICES): the default voice reads it",
+            language,
+        )
+    return synthesizer
 
 
-def get_synthesizer(settings: Settings, secrets: SecretStore) -> SpeechSynthesizer:
+def get_synthesizer(
+    settings: Settings, secrets: SecretStore, language: str | None = None
+) -> SpeechSynthesizer:
     from shared.http import RetryPolicy
     from shared.providers import SecretHeader, provider_http, tts_provider
 
     if tts_provider(settings, secrets) == "piper":
-        return embedded_synthesizer(settings)
+        return embedded_synthesizer(settings, language)
 
     from shared.tts.elevenlabs import ElevenLabsSynthesizer
 

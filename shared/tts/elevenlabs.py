@@ -14,6 +14,47 @@ log = logging.getLogger(__name__)
 _VOICE_ID = re.compile(r"^[A-Za-z0-9]{20}$")
 
 
+# The models that take `language_code` (the others answer it with 400), and the languages
+# they speak.
+LANGUAGE_CODE_MODELS = frozenset({"eleven_flash_v2_5", "eleven_turbo_v2_5"})
+ELEVENLABS_LANGUAGES = frozenset(
+    {
+        "en",
+        "ja",
+        "zh",
+        "de",
+        "hi",
+        "fr",
+        "ko",
+        "pt",
+        "it",
+        "es",
+        "id",
+        "nl",
+        "tr",
+        "fil",
+        "pl",
+        "sv",
+        "bg",
+        "ro",
+        "ar",
+        "cs",
+        "el",
+        "fi",
+        "hr",
+        "ms",
+        "sk",
+        "da",
+        "ta",
+        "uk",
+        "ru",
+        "hu",
+        "no",
+        "vi",
+    }
+)
+
+
 def is_voice_id(voice: str) -> bool:
     return bool(_VOICE_ID.match(voice.strip()))
 
@@ -53,21 +94,43 @@ class ElevenLabsSynthesizer:
         log.warning("Unknown voice %r: using the default voice (set VOICES to map it)", voice[:40])
         return self._default_voice_id
 
-    def identity(self, voice: str | None) -> dict[str, object]:
+    def language_code(self, language: str | None) -> str | None:
+        """The `language_code` to send: only models that take one are given one (another
+        answers 400), and only for a language they speak."""
+        if language and self._model in LANGUAGE_CODE_MODELS and language in ELEVENLABS_LANGUAGES:
+            return language
+        return None
+
+    def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
         return {
             "provider": self.name,
             "model": self._model,
             "voice_id": self.voice_id(voice),
             "voice_settings": self._voice_settings,
             "output_format": self._output_format,
+            "language_code": self.language_code(language),
         }
 
-    def synthesize(self, text: str, *, voice: str | None) -> bytes:
-        response = self._http.post_json(
-            f"v1/text-to-speech/{self.voice_id(voice)}",
-            {"text": text, "model_id": self._model, "voice_settings": self._voice_settings},
-            params={"output_format": self._output_format},
-        )
+    def synthesize(self, text: str, *, voice: str | None, language: str | None = None) -> bytes:
+        body: dict[str, object] = {
+            "text": text,
+            "model_id": self._model,
+            "voice_settings": self._voice_settings,
+        }
+        if code := self.language_code(language):
+            body["language_code"] = code
+        path = f"v1/text-to-speech/{self.voice_id(voice)}"
+        params = {"output_format": self._output_format}
+        try:
+            response = self._http.post_json(path, body, params=params)
+        except ProviderError as error:
+            if "language_code" not in body or error.upstream not in (400, 422):
+                raise
+            # Refused as invalid, perhaps for the language code (a model that does not take
+            # it): spoken without it rather than not at all.
+            log.warning("ElevenLabs refused language_code %r: speaking without it", code)
+            del body["language_code"]
+            response = self._http.post_json(path, body, params=params)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("audio/") or not response.content:
             raise ProviderError(self.name, f"expected MP3, got {content_type or 'no content type'}")

