@@ -22,7 +22,9 @@ import atexit
 import io
 import json
 import logging
+import math
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -270,8 +272,9 @@ def _limit_memory(memory_bytes: int) -> None:
 
 def serve_decodes() -> None:
     """The decoding child: decode each request from stdin and answer on stdout, until
-    stdin closes. A decode past its CPU allowance ends the child (SIGXCPU at the soft
-    limit); one past its memory allowance fails its allocations and is refused."""
+    stdin closes. A decode past its CPU allowance ends the child: a CPU-time timer
+    (SIGPROF, exact to the scheduler's tick) and, behind it, the whole-second RLIMIT_CPU
+    (SIGXCPU). One past its memory allowance fails its allocations and is refused."""
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answers
     memory_bytes = int(sys.argv[1]) if len(sys.argv) > 1 else DECODE_MEMORY_BYTES
@@ -279,9 +282,10 @@ def serve_decodes() -> None:
     while (frame := _read_frame(requests, 64 * 1024 * 1024)) is not None:
         job, data = frame
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        used = int(usage.ru_utime + usage.ru_stime)
+        used = usage.ru_utime + usage.ru_stime
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        resource.setrlimit(resource.RLIMIT_CPU, (used + job["cpu_seconds"] + 1, hard))
+        resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(used + job["cpu_seconds"]) + 1, hard))
+        signal.setitimer(signal.ITIMER_PROF, job["cpu_seconds"])  # SIGPROF ends the child
         try:
             decoded = decode_audio(data, max_bytes=job["max_bytes"], max_seconds=job["max_seconds"])
             answer, samples = {"ok": True}, decoded.samples.astype(np.float32).tobytes()
@@ -296,6 +300,8 @@ def serve_decodes() -> None:
                 "message": _NOT_AUDIO,
             }
             samples = b""
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
         _write_frame(answers, answer, samples)
 
 
@@ -308,7 +314,7 @@ class IsolatedDecoder:
         workers: int = DECODE_WORKERS,
         *,
         memory_bytes: int = DECODE_MEMORY_BYTES,
-        cpu_seconds: int = DECODE_CPU_SECONDS,
+        cpu_seconds: float = DECODE_CPU_SECONDS,
     ) -> None:
         self._slots = threading.BoundedSemaphore(workers)
         self._idle: list[subprocess.Popen[bytes]] = []

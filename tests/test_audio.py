@@ -132,10 +132,14 @@ def test_a_child_that_died_is_replaced_and_the_next_decode_works() -> None:
 
 
 def test_a_decode_over_its_cpu_allowance_ends_its_child_and_is_refused() -> None:
-    # An allowance already spent: the kernel ends the child (SIGXCPU) as the decode starts.
-    decoder = IsolatedDecoder(workers=1, cpu_seconds=-1)
+    # An allowance of a microsecond: the CPU-time timer ends the child (SIGPROF) at the
+    # first scheduler tick of the decode, however much CPU the child used before it. The
+    # upload is long (100 s) so that its decode spans many ticks.
+    pcm, rate = spoken(QUESTIONS[0])
+    long_upload = encode(np.tile(pcm, 40)[: 100 * rate], rate, "m4a")
+    decoder = IsolatedDecoder(workers=1, cpu_seconds=1e-6)
     try:
         with pytest.raises(UndecodableAudio, match="within its limits"):
-            decoder.decode(phone_upload(QUESTIONS[0], "m4a"), **LIMITS)
+            decoder.decode(long_upload, **LIMITS)
     finally:
         decoder.close()
