@@ -8,6 +8,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from health.api import bp as health_bp
+from shared import telemetry
 from shared.security.secrets import redact
 from talk.api import bp as talk_bp
 from talk.maintenance import bp as maintenance_bp
@@ -20,3 +21,4 @@ app.register_functions(orchestration_bp)
 app.register_functions(maintenance_bp)
 
 redact.install()
+telemetry.configure_from_environment()

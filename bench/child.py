@@ -132,7 +132,25 @@ def throughput(job: dict[str, Any]) -> dict[str, Any]:
     return {"levels": levels, "peak_rss_mb": _peak_rss_mb(), "model_loads": loads}
 
 
-TASKS = {"stt_rss": stt_rss, "cold_start": cold_start, "throughput": throughput}
+def end_to_end(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.end_to_end import end_to_end as measure
+
+    return measure(job)
+
+
+def telemetry(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.telemetry import telemetry as measure
+
+    return measure(job)
+
+
+TASKS = {
+    "stt_rss": stt_rss,
+    "cold_start": cold_start,
+    "throughput": throughput,
+    "end_to_end": end_to_end,
+    "telemetry": telemetry,
+}
 
 if __name__ == "__main__":
     task, job = sys.argv[1], json.loads(sys.argv[2])

@@ -19,10 +19,17 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
 - throughput: requests per minute with 1, 2 and 4 concurrent requests through the three
   activities, in a fresh process, with its peak RSS and how many times each model loaded;
+- end_to_end: `POST /talk` over real HTTP (what `make serve` runs: the host's front, the
+  Durable stand-in, Azurite) against `shared.pipeline.talk` in-process, interleaved, with
+  loopback providers of fixed latency (a chat API, 300 ms; ElevenLabs, 200 ms), and where
+  the time the HTTP path adds goes;
 - request_checks: what establishing the caller (function key or bearer token), counting its
-  rate limits in Table Storage and claiming the request id add to each `POST /talk`.
+  rate limits in Table Storage and claiming the request id add to each `POST /talk`;
+- telemetry: the same HTTP path with tracing on and off, each upload both ways in a row,
+  and the run's spans and metrics summarised as the operations workbook charts them.
 
-Results go to bench/results/latest.{json,md,png}. Nothing here asserts a number.
+Results go to bench/results/latest.{json,md,png}, end_to_end.png and workbook.png. Nothing
+here asserts a number.
 """
 
 from __future__ import annotations
@@ -314,6 +321,20 @@ def bench_cold_start(clip: bytes, storage: str) -> dict[str, Any]:
         return _child("cold_start", {"clip": upload.name}, storage)
 
 
+def bench_with_stand_ins(
+    task: str, clips: list, storage: str, repeats: int, llm_delay_s: float, tts_delay_s: float
+) -> dict[str, Any]:
+    """A child task (`end_to_end`, `telemetry`) with loopback providers of fixed latency."""
+    with tempfile.TemporaryDirectory() as folder:
+        job = {
+            "clips": _clip_files(Path(folder), clips),
+            "repeats": repeats,
+            "llm_delay_s": llm_delay_s,
+            "tts_delay_s": tts_delay_s,
+        }
+        return _child(task, job, storage)
+
+
 def bench_throughput(
     clips: list, storage: str, levels: list[int], per_level: int
 ) -> dict[str, Any]:
@@ -422,6 +443,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Throughput process: peak RSS {throughput['peak_rss_mb']} MB with all three models; "
         f"model loads {throughput['model_loads']}.",
     ]
+    lines += end_to_end_markdown(results["end_to_end"])
     lines += [
         "",
         "| what a `POST /talk` now does besides the pipeline | p50 ms | p95 ms |",
@@ -429,7 +451,112 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, row in results["request_checks"].items():
         lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
+    lines += telemetry_markdown(results["telemetry"])
     return "\n".join(lines) + "\n"
+
+
+def telemetry_markdown(telemetry: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        f"Tracing ({telemetry['requests_per_setting']} `POST /talk` each way, same uploads, "
+        "alternating):",
+        "",
+        "| tracing | p50 ms | p95 ms |",
+        "|---|---|---|",
+        f"| on | {telemetry['traced']['p50']} | {telemetry['traced']['p95']} |",
+        f"| off | {telemetry['not traced']['p50']} | {telemetry['not traced']['p95']} |",
+        "",
+        f"Overhead: {telemetry['overhead_ms_p50']} ms p50 (ratio {telemetry['ratio_p50']}); "
+        f"{telemetry['spans_per_turn']} spans per turn.",
+    ]
+
+
+def workbook_chart(workbook: dict[str, Any], path: Path) -> None:
+    """The operations workbook's layout, drawn from a local run's spans and metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    latency = workbook["latency_ms"]
+    names = [n for n in ("talk.stt", "talk.llm", "talk.tts", "POST /talk") if n in latency]
+    stages, requests, spoken, summary = axes.flat
+    stages.barh(names, [latency[n]["p95"] for n in names], color="#c6d4ea", label="p95")
+    stages.barh(names, [latency[n]["p50"] for n in names], color="#4c72b0", label="p50")
+    stages.invert_yaxis()
+    stages.set_xlabel("ms")
+    stages.set_title("Stage latency p50 / p95 (spans)")
+    stages.legend(frameon=False)
+    codes = {label.split("code=")[1].split(",")[0]: n for label, n in workbook["requests"].items()}
+    requests.bar(list(codes), list(codes.values()), color="#dd8452")
+    requests.set_title("Requests by code (talk.requests)")
+    requests.tick_params(axis="x", labelrotation=20)
+    chars = {label.split("=")[-1]: n for label, n in workbook["tts_characters"].items()}
+    spoken.bar(list(chars), list(chars.values()), color="#55a868")
+    spoken.set_title("Characters spoken, by provider (talk.tts.characters)")
+    summary.axis("off")
+    summary.set_title("At a glance")
+    rows = [
+        ("cache hit ratio (talk.cache.lookups)", f"{workbook['cache_hit_ratio']:.0%}"),
+        ("cold starts (talk.cold_starts)", f"{workbook['cold_starts']:g}"),
+        ("median turn (POST /talk)", f"{workbook['median_turn_ms']:g} ms"),
+    ]
+    for index, (label, value) in enumerate(rows):
+        summary.text(0.02, 0.8 - 0.22 * index, label, fontsize=11)
+        summary.text(0.98, 0.8 - 0.22 * index, value, fontsize=13, ha="right", weight="bold")
+    figure.suptitle("Talk operations: the workbook's charts, from a local run")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def end_to_end_markdown(end_to_end: dict[str, Any]) -> list[str]:
+    providers = end_to_end["providers"]
+    lines = [
+        "",
+        f"End to end ({end_to_end['requests']} requests per path, providers answering after "
+        f"{providers['llm_delay_ms']:g} ms (chat) and {providers['tts_delay_ms']:g} ms "
+        "(ElevenLabs)):",
+        "",
+        "| path | p50 ms | p95 ms |",
+        "|---|---|---|",
+    ]
+    for name, row in end_to_end["paths"].items():
+        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
+    lines += [
+        "",
+        f"Added by the HTTP + Durable path (p50 against p50): {end_to_end['added_ms_p50']} ms; "
+        f"status reads per request: {end_to_end['status_reads_per_request']}.",
+        "",
+        "| where the added time goes | p50 ms |",
+        "|---|---|",
+    ]
+    for name, value in end_to_end["added_split_ms_p50"].items():
+        lines.append(f"| {name} | {value} |")
+    return lines
+
+
+def end_to_end_chart(end_to_end: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = end_to_end["added_split_ms_p50"]
+    figure, (paths, parts) = plt.subplots(
+        2, 1, figsize=(8, 6), gridspec_kw={"height_ratios": [1, 2.4]}
+    )
+    names = list(end_to_end["paths"])
+    paths.barh(names, [end_to_end["paths"][n]["p50"] for n in names], color="#4c72b0")
+    paths.set_xlabel("p50 per request (ms)")
+    paths.set_title("What the HTTP + Durable path adds to the same pipeline")
+    parts.barh(list(split), list(split.values()), color="#dd8452")
+    parts.invert_yaxis()
+    parts.set_xlabel("added time, p50 per part (ms)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -565,6 +692,10 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         )
         results["cold_start"] = bench_cold_start(clips[0][1], storage)
         results["request_checks"] = bench_request_checks(storage, repeats)
+        for task in ("end_to_end", "telemetry"):
+            results[task] = bench_with_stand_ins(
+                task, clips, storage, repeats, llm_delay_s=0.3, tts_delay_s=0.2
+            )
         results["throughput"] = bench_throughput(
             clips, storage, levels=[1, 2] if quick else [1, 2, 4], per_level=2 if quick else 8
         )
@@ -572,6 +703,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "latest.md").write_text(markdown(results))
     chart(results, out / "latest.png")
+    end_to_end_chart(results["end_to_end"], out / "end_to_end.png")
+    workbook_chart(results["telemetry"]["workbook"], out / "workbook.png")
     return results
 
 

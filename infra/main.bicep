@@ -115,6 +115,24 @@ param httpAlwaysReadyInstances int = 1
 @minValue(0)
 param durableAlwaysReadyInstances int = 1
 
+@description('Durable Functions: the longest an idle task hub waits between polls of its five queues (maxQueuePollingInterval, hh:mm:ss[.fff]). Shorter answers the first question after a quiet spell sooner and costs more queue transactions: docs/deploy.md has the table.')
+param durableMaxQueuePollingInterval string = '00:00:00.5'
+
+@description('TTS_DAILY_CHARACTER_BUDGET: characters a day ElevenLabs may speak across all instances; 0 for no limit. When spent: the embedded voice (ttsFallback piper) or 503 until midnight UTC.')
+@minValue(0)
+param ttsDailyCharacterBudget int = 0
+
+@description('LLM_DAILY_TOKEN_BUDGET: tokens a day the remote LLM may use across all instances; 0 for no limit. When spent: 503 until midnight UTC.')
+@minValue(0)
+param llmDailyTokenBudget int = 0
+
+@description('ELEVENLABS_MAX_IN_FLIGHT: ElevenLabs requests one instance keeps in flight. The account allows Free 2, Starter 3, Creator 5, Pro 10, Scale and Business 15 at once across all instances: docs/operations.md has the capacity table.')
+@minValue(1)
+param elevenlabsMaxInFlight int = 4
+
+@description('E-mail address for the alerts (5xx ratio, slow round trip, provider 429s, Key Vault or storage failures); empty deploys no alerts.')
+param alertEmail string = ''
+
 @description('Days a blob in the talk-audio container lives before the lifecycle rule deletes it.')
 @minValue(1)
 @maxValue(365)
@@ -435,6 +453,28 @@ module monitoring './app/monitoring.bicep' = {
   }
 }
 
+module dashboard './app/dashboard.bicep' = {
+  name: 'dashboard'
+  scope: rg
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+  }
+}
+
+module alerts './app/alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    alertEmail: alertEmail
+    namePrefix: 'talk-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
 module keyVault './app/keyvault.bicep' = {
   name: 'key-vault'
   scope: rg
@@ -534,6 +574,15 @@ var appSettings = {
   RATE_LIMIT_PER_MINUTE: string(rateLimitPerMinute)
   RATE_LIMIT_PER_DAY: string(rateLimitPerDay)
   RATE_LIMIT_PER_ADDRESS_PER_MINUTE: string(rateLimitPerAddressPerMinute)
+  TTS_DAILY_CHARACTER_BUDGET: string(ttsDailyCharacterBudget)
+  LLM_DAILY_TOKEN_BUDGET: string(llmDailyTokenBudget)
+  ELEVENLABS_MAX_IN_FLIGHT: string(elevenlabsMaxInFlight)
+  // Traces and metrics go to Application Insights (its connection string comes from
+  // api.bicep); no transcript or reply is recorded.
+  TELEMETRY_EXPORTER: 'auto'
+  LOG_CONTENT: 'off'
+  // Overrides host.json's value, so the trade-off is a deployment parameter.
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__maxQueuePollingInterval: durableMaxQueuePollingInterval
 }
 
 module api './app/api.bicep' = {

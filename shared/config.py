@@ -197,6 +197,41 @@ class Settings:
         7, "Days requests are kept (blobs by the lifecycle rule, Durable history by the app)."
     )
     log_level: str = _setting("INFO", "Python logging level.")
+    log_content: str = _setting(
+        "off",
+        "`on` records transcripts and replies in logs and spans: personal data, for "
+        "debugging only.",
+    )
+    telemetry_exporter: str = _setting(
+        "auto",
+        "Where traces and metrics go: `auto` (Application Insights when its connection "
+        "string is set, else nowhere), `azure`, `otlp`, `console` or `none`.",
+    )
+    applicationinsights_connection_string: str = _setting(
+        "",
+        "Application Insights to send traces and metrics to (set by the Bicep).",
+        env="APPLICATIONINSIGHTS_CONNECTION_STRING",
+    )
+    otel_exporter_otlp_endpoint: str = _setting(
+        "",
+        "OpenTelemetry collector for `TELEMETRY_EXPORTER=otlp`, e.g. `http://localhost:4318`.",
+        env="OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+    tts_daily_character_budget: int = _setting(
+        0,
+        "Characters a day the paid voice may speak, across all instances; 0 or empty: no "
+        "limit. When spent: the embedded voice (`TTS_FALLBACK=piper`) or `503`.",
+    )
+    llm_daily_token_budget: int = _setting(
+        0,
+        "Tokens a day the remote LLM may use, across all instances; 0 or empty: no limit. "
+        "When spent: `503 budget_exhausted` until midnight UTC.",
+    )
+    elevenlabs_max_in_flight: int = _setting(
+        4,
+        "ElevenLabs requests one instance keeps in flight; the account's own limit is per "
+        "plan (Free 2, Starter 3, Creator 5, Pro 10, Scale and Business 15).",
+    )
     conversation_turns: int = _setting(6, "Past turns of a conversation sent with a question.")
     conversation_max_turns: int = _setting(50, "Most turns a conversation keeps.")
     conversation_ttl_hours: float = _setting(
@@ -263,6 +298,30 @@ class Settings:
         _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))
         _one_of("TTS_CACHE", self.tts_cache, ("on", "off"))
         _one_of("LLM_CACHE", self.llm_cache, ("on", "off"))
+        _one_of("LOG_CONTENT", self.log_content, ("on", "off"))
+        _one_of(
+            "TELEMETRY_EXPORTER",
+            self.telemetry_exporter,
+            ("auto", "azure", "otlp", "console", "none"),
+        )
+        if self.telemetry_exporter == "otlp" and not self.otel_exporter_otlp_endpoint:
+            raise ConfigError("TELEMETRY_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT")
+        if self.telemetry_exporter == "azure" and not self.applicationinsights_connection_string:
+            raise ConfigError(
+                "TELEMETRY_EXPORTER=azure needs APPLICATIONINSIGHTS_CONNECTION_STRING"
+            )
+        for name in ("tts_daily_character_budget", "llm_daily_token_budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be 0 or more")
+        if (self.tts_daily_character_budget or self.llm_daily_token_budget) and not (
+            self.storage_configured
+        ):
+            raise ConfigError(
+                "a daily budget is counted in Table Storage: set AzureWebJobsStorage (or its "
+                "identity-based settings)"
+            )
+        if self.elevenlabs_max_in_flight < 1:
+            raise ConfigError("ELEVENLABS_MAX_IN_FLIGHT must be at least 1")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
             raise ConfigError("LLM_PROVIDER=openai needs LLM_BASE_URL and LLM_MODEL")
         for name in ("elevenlabs_stability", "elevenlabs_similarity_boost"):
@@ -374,7 +433,12 @@ def local_values(root: Path) -> dict[str, str]:
     return values
 
 
+def read_settings() -> Settings:
+    """The settings as they stand now: environment over `.env` over `local.settings.json`."""
+    return Settings.from_env({**local_values(Path.cwd()), **os.environ})
+
+
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings: environment over `.env` over `local.settings.json`."""
-    return Settings.from_env({**local_values(Path.cwd()), **os.environ})
+    """The process's settings, read once."""
+    return read_settings()

@@ -70,6 +70,14 @@ class Unintelligible(BadInput):
     code = "unintelligible"
 
 
+class RetryLater(TalkError):
+    """A refusal that says when to come back: `Retry-After`, in seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(TalkError):
     """Nothing of that id belongs to the caller (whether or not it exists for another)."""
 
@@ -100,5 +108,13 @@ class ProviderError(TalkError):
 
 
 def error_payload(error: TalkError) -> dict[str, object]:
-    """What a client is told about `error`: status, code and a one-line message."""
-    return {"status": error.status, "code": error.code, "message": error.message}
+    """What a client is told about `error`: status, code, a one-line message, and when
+    to retry if the error says (`retry_after_s`)."""
+    payload: dict[str, object] = {
+        "status": error.status,
+        "code": error.code,
+        "message": error.message,
+    }
+    if isinstance(error, RetryLater):
+        payload["retry_after_s"] = error.retry_after_s
+    return payload

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ from requests.adapters import HTTPAdapter
 from shared.config import Settings
 from shared.errors import ProviderError
 from shared.security.secrets import redact
+from shared.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 POOL_SIZE = 16
+# A 429 for too many requests in flight clears as soon as one of them ends: retried soon,
+# with jitter, rather than backed off (waiting longer does not help).
+CONCURRENCY_RETRY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,11 @@ class ProviderHttp:
                 if response.status_code not in RETRYABLE_STATUS:
                     raise failure
                 retry_after = _retry_after_seconds(response)
+                if response.status_code == 429:
+                    reason = _throttle_reason(response)
+                    metrics.throttled(self.provider, reason)
+                    if reason == "too_many_concurrent_requests" and retry_after is None:
+                        retry_after = CONCURRENCY_RETRY_S * random.uniform(0.5, 1.5)
                 if retry_after is not None and retry_after > policy.max_retry_after_s:
                     raise ProviderError(
                         self.provider,
@@ -147,6 +157,19 @@ def _status_error(provider: str, response: requests.Response) -> ProviderError:
     return ProviderError(
         provider, reason, status=503 if status in (429, 503) else 502, upstream=status
     )
+
+
+def _throttle_reason(response: requests.Response) -> str:
+    """Why a 429: ElevenLabs says `detail.status` (`too_many_concurrent_requests`,
+    `system_busy`); anything else is a rate limit."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return "rate_limited"
+    status = detail.get("status") if isinstance(detail, dict) else None
+    if status in ("too_many_concurrent_requests", "system_busy"):
+        return status
+    return "rate_limited"
 
 
 def _short_detail(response: requests.Response) -> str:

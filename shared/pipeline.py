@@ -24,12 +24,15 @@ from shared.llm import (
 )
 from shared.llm.speech_text import clean_for_speech
 from shared.providers import default_secrets
+from shared.security.budget import LLM_TOKENS, TTS_CHARACTERS, BudgetExhausted, budgets
 from shared.security.identity import SHARED_OWNER
 from shared.security.secrets import MissingSecret, SecretStore
 from shared.storage.cache import cache_key, response_cache
 from shared.storage.conversations import conversation_store, new_turn
 from shared.stt import get_transcriber
-from shared.tts import embedded_synthesizer, get_synthesizer
+from shared.telemetry import log_content, stage_span
+from shared.telemetry.metrics import cache_lookup, llm_tokens, tts_characters
+from shared.tts import SpeechSynthesizer, embedded_synthesizer, get_synthesizer
 
 log = logging.getLogger("talk")
 
@@ -92,18 +95,23 @@ def transcribe(
     audio: bytes, *, request_id: str, settings: Settings, language: str | None = None
 ) -> Transcription:
     started = time.perf_counter()
-    decoded = decode_isolated(
-        audio, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds
-    )
-    transcriber = get_transcriber(settings)
-    result = transcriber.transcribe(
-        decoded.samples, language=language or settings.whisper_language or None
-    )
-    elapsed = time.perf_counter() - started
-    if not result.text:
-        log.info("[%s] STT found no speech in %.2fs of audio", request_id, decoded.duration_s)
-        raise NoSpeech(f"no speech found in {decoded.duration_s:.1f} s of audio")
-    log.info("[%s] STT done in %.2fs chars=%d", request_id, elapsed, len(result.text))
+    with stage_span("stt", request_id) as span:
+        decoded = decode_isolated(
+            audio, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds
+        )
+        span.set(audio_seconds=round(decoded.duration_s, 3))
+        transcriber = get_transcriber(settings)
+        span.set(provider=transcriber.name, model=settings.whisper_model)
+        result = transcriber.transcribe(
+            decoded.samples, language=language or settings.whisper_language or None
+        )
+        elapsed = time.perf_counter() - started
+        if not result.text:
+            log.info("[%s] STT found no speech in %.2fs of audio", request_id, decoded.duration_s)
+            raise NoSpeech(f"no speech found in {decoded.duration_s:.1f} s of audio")
+        span.set(language=result.language, transcript=result.text)
+        log.info("[%s] STT done in %.2fs chars=%d", request_id, elapsed, len(result.text))
+        log_content(request_id, "heard", result.text)
     return Transcription(
         text=result.text,
         language=result.language,
@@ -135,52 +143,71 @@ def generate(
             f"text is {len(question)} characters; the limit is {settings.max_text_chars}"
         )
     started = time.perf_counter()
-    generator = get_generator(settings, secrets or default_secrets(settings))
-    system_prompt = compose_system_prompt(
-        settings.system_prompt, system_prompt, settings.client_system_prompt
-    ) + language_instruction(language)
-    # A warm assistant need not say the same thing twice: replies are cached only on request,
-    # and never within a conversation.
-    cacheable = settings.llm_cache == "on" and not (history or in_conversation)
-    cache = response_cache(settings) if cacheable else None
-    key = cache_key(
-        "llm",
-        {
-            "provider": generator.name,
-            "model": generator.model,
-            "system_prompt": system_prompt,
-            "temperature": settings.llm_temperature,
-            "max_tokens": settings.llm_max_tokens,
-            "max_sentences": settings.reply_max_sentences,
-        },
-        question.lower(),
-        scope=owner,
-    )
-    if cache and (hit := cache.get(key)) is not None:
-        elapsed = time.perf_counter() - started
-        log.info("[%s] LLM cache hit in %.2fs chars=%d", request_id, elapsed, len(hit))
-        return Reply(hit.decode(), _ms(elapsed), generator.name, cached=True)
-    messages = build_messages(
-        system_prompt,
-        question,
-        history,
-        room=generator.room(settings.llm_max_tokens),
-        size=generator.size,
-    )
-    # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
-    for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
-        raw = generator.generate(
-            messages, max_tokens=settings.llm_max_tokens, temperature=temperature
+    with stage_span("llm", request_id) as span:
+        generator = get_generator(settings, secrets or default_secrets(settings))
+        span.set(provider=generator.name, model=generator.model)
+        system_prompt = compose_system_prompt(
+            settings.system_prompt, system_prompt, settings.client_system_prompt
+        ) + language_instruction(language)
+        # A warm assistant need not say the same thing twice: replies are cached only on
+        # request, and never within a conversation.
+        cacheable = settings.llm_cache == "on" and not (history or in_conversation)
+        cache = response_cache(settings) if cacheable else None
+        key = cache_key(
+            "llm",
+            {
+                "provider": generator.name,
+                "model": generator.model,
+                "system_prompt": system_prompt,
+                "temperature": settings.llm_temperature,
+                "max_tokens": settings.llm_max_tokens,
+                "max_sentences": settings.reply_max_sentences,
+            },
+            question.lower(),
+            scope=owner,
         )
-        text = clean_for_speech(raw, settings.reply_max_sentences)
-        if text:
-            break
-    else:
-        raise ProviderError(generator.name, "the model gave an empty reply")
-    if cache:
-        cache.put(key, text.encode(), "text/plain; charset=utf-8")
-    elapsed = time.perf_counter() - started
-    log.info("[%s] LLM reply in %.2fs chars=%d", request_id, elapsed, len(text))
+        if cache:
+            hit = cache.get(key)
+            cache_lookup("llm", hit is not None)
+            span.set(cache_hit=hit is not None)
+            if hit is not None:
+                elapsed = time.perf_counter() - started
+                log.info("[%s] LLM cache hit in %.2fs chars=%d", request_id, elapsed, len(hit))
+                span.set(reply_chars=len(hit))
+                return Reply(hit.decode(), _ms(elapsed), generator.name, cached=True)
+        messages = build_messages(
+            system_prompt,
+            question,
+            history,
+            room=generator.room(settings.llm_max_tokens),
+            size=generator.size,
+        )
+        # The embedded model costs nothing: only a remote one spends the day's tokens.
+        budget = settings.llm_daily_token_budget if generator.name != "local" else 0
+        if budget:
+            budgets(settings).check(LLM_TOKENS, budget)
+        tokens = 0
+        # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
+        for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
+            completion = generator.generate(
+                messages, max_tokens=settings.llm_max_tokens, temperature=temperature
+            )
+            tokens += completion.tokens
+            text = clean_for_speech(completion.text, settings.reply_max_sentences)
+            if text:
+                break
+        llm_tokens(generator.name, tokens)
+        if budget:
+            budgets(settings).charge(LLM_TOKENS, budget, tokens)
+        span.set(llm_tokens=tokens)
+        if not text:
+            raise ProviderError(generator.name, "the model gave an empty reply")
+        if cache:
+            cache.put(key, text.encode(), "text/plain; charset=utf-8")
+        elapsed = time.perf_counter() - started
+        span.set(reply_chars=len(text), reply=text)
+        log.info("[%s] LLM reply in %.2fs chars=%d", request_id, elapsed, len(text))
+        log_content(request_id, "replied", text)
     return Reply(text=text, elapsed_ms=_ms(elapsed), provider=generator.name)
 
 
@@ -198,18 +225,49 @@ def synthesize(
     owner); a signed-in caller's speech is cached under that caller, so it is erased with
     them."""
     started = time.perf_counter()
-    synthesizer = get_synthesizer(settings, secrets or default_secrets(settings), language)
-    cache = response_cache(settings) if settings.tts_cache == "on" else None
-    scope = "" if owner == SHARED_OWNER else owner
-    key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
-    if cache and (hit := cache.get(key)):
+    with stage_span("tts", request_id) as span:
+        synthesizer = get_synthesizer(settings, secrets or default_secrets(settings), language)
+        span.set(provider=synthesizer.name, tts_chars=len(text))
+        cache = response_cache(settings) if settings.tts_cache == "on" else None
+        scope = "" if owner == SHARED_OWNER else owner
+        key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
+        if cache:
+            hit = cache.get(key)
+            cache_lookup("tts", bool(hit))
+            span.set(cache_hit=bool(hit))
+            if hit:
+                elapsed = time.perf_counter() - started
+                log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
+                return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
+        synthesizer, mp3 = _speak(synthesizer, text, voice, language, request_id, settings)
+        span.set(provider=synthesizer.name)
+        tts_characters(synthesizer.name, len(text))
+        if cache:
+            key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
+            cache.put(key, mp3, "audio/mpeg")
         elapsed = time.perf_counter() - started
-        log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
-        return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
+        log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
+    return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
+
+
+def _speak(
+    synthesizer: SpeechSynthesizer,
+    text: str,
+    voice: str | None,
+    language: str | None,
+    request_id: str,
+    settings: Settings,
+) -> tuple[SpeechSynthesizer, bytes]:
+    """`text` spoken by `synthesizer`, or by the embedded voice (`TTS_FALLBACK=piper`) when
+    the paid voice fails, is saturated, or has spent the day's budget."""
+    paid = synthesizer.name != "piper"
+    budget = settings.tts_daily_character_budget if paid else 0
     try:
+        if budget:
+            budgets(settings).check(TTS_CHARACTERS, budget)
         mp3 = synthesizer.synthesize(text, voice=voice, language=language)
-    except (ProviderError, MissingSecret) as error:
-        if settings.tts_fallback != "piper" or synthesizer.name == "piper":
+    except (ProviderError, MissingSecret, BudgetExhausted) as error:
+        if settings.tts_fallback != "piper" or not paid:
             raise
         log.warning(
             "[%s] TTS %s failed (%s): answering with the embedded voice",
@@ -218,13 +276,10 @@ def synthesize(
             error,
         )
         synthesizer = embedded_synthesizer(settings, language)
-        mp3 = synthesizer.synthesize(text, voice=voice, language=language)
-    if cache:
-        key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
-        cache.put(key, mp3, "audio/mpeg")
-    elapsed = time.perf_counter() - started
-    log.info("[%s] TTS done in %.2fs bytes=%d", request_id, elapsed, len(mp3))
-    return Speech(mp3=mp3, elapsed_ms=_ms(elapsed), provider=synthesizer.name)
+        return synthesizer, synthesizer.synthesize(text, voice=voice, language=language)
+    if budget:
+        budgets(settings).charge(TTS_CHARACTERS, budget, len(text))
+    return synthesizer, mp3
 
 
 def talk(

@@ -18,12 +18,13 @@ from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+from opentelemetry.trace import SpanKind
 
 from shared.config import Settings, get_settings
-from shared.errors import NotFound, TalkError
+from shared.errors import NotFound, RetryLater, TalkError
 from shared.pipeline import new_request_id
 from shared.security.identity import Caller, Unauthorized, identify
-from shared.security.ratelimit import RateLimited, admit
+from shared.security.ratelimit import admit
 from shared.storage import BlobStore, StorageUnavailable, blob_store, erasure, request_prefix
 from shared.storage.conversations import (
     conversation_store,
@@ -39,8 +40,11 @@ from shared.storage.idempotency import (
     validate_key,
 )
 from shared.talk_input import parse_talk_input
+from shared.telemetry import current_trace, traced
+from shared.telemetry.metrics import request_answered
 from talk.orchestration import ORCHESTRATOR
 from talk.responses import (
+    error_code,
     error_response,
     json_errors,
     pending_response,
@@ -52,7 +56,9 @@ bp = df.Blueprint()
 log = logging.getLogger("talk")
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
-_FIRST_POLL_S, _MAX_POLL_S = 0.05, 0.5
+# The turn's end is noticed within 50 ms for as long as a voice turn normally takes; after
+# that the checks back off (a slow provider is not worth a status read every 50 ms).
+POLL_S, FAST_POLL_WINDOW_S, MAX_POLL_S = 0.05, 10.0, 0.5
 # How long a claimed Idempotency-Key may wait for its orchestration to appear before a
 # retry decides the first attempt died and takes the claim over.
 CLAIM_GRACE_S = 10.0
@@ -63,6 +69,21 @@ _DONE = {
     df.OrchestrationRuntimeStatus.Canceled,
 }
 NOT_ACCEPTABLE = "Accept must allow application/json or audio/mpeg"
+
+
+class Phases:
+    """How long each part of a `POST /talk` took, in milliseconds, for `Server-Timing`:
+    `accept` (caller, limits, parsing, storing the request), `start` (starting the
+    orchestration), `wait` (until its end is noticed), `read` (reading the reply back)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.durations: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.durations[name] = round((now - self._last) * 1000, 1)
+        self._last = now
 
 
 class RequestIdCollision(TalkError):
@@ -80,10 +101,10 @@ def refused(error: TalkError, rid: str | None) -> func.HttpResponse:
     headers = {}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    elif isinstance(error, RateLimited):
-        headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, StillRunning):
         headers["Retry-After"] = "5"
+    elif isinstance(error, RetryLater):
+        headers["Retry-After"] = str(error.retry_after_s)
     return error_response(error.status, error.message, rid, error.code, headers)
 
 
@@ -93,8 +114,20 @@ def refused(error: TalkError, rid: str | None) -> func.HttpResponse:
 async def talk_start(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
-    started = time.perf_counter()
     rid = new_request_id()
+    with traced("POST /talk", kind=SpanKind.SERVER, request_id=rid) as span:
+        response = await _accept_and_answer(req, client, rid)
+        code = error_code(response)
+        span.set(status=response.status_code, error_code=code)
+    request_answered(response.status_code, code or "ok")
+    return response
+
+
+async def _accept_and_answer(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient, rid: str
+) -> func.HttpResponse:
+    started = time.perf_counter()
+    phases = Phases()
     response_format = preferred_format(req.headers.get("Accept"))
     if response_format is None:
         return error_response(406, NOT_ACCEPTABLE, rid, "not_acceptable")
@@ -132,7 +165,9 @@ async def talk_start(
                     log.info(
                         "[%s] /talk retried with its Idempotency-Key: answering %s", rid, first
                     )
-                    return await _wait_and_answer(client, first, response_format, started, settings)
+                    return await _wait_and_answer(
+                        client, first, response_format, started, settings, phases
+                    )
         prefix = request_prefix(caller.owner, conversation.id if conversation else None, rid)
         job: dict[str, Any] = {
             "request_id": rid,
@@ -146,6 +181,7 @@ async def talk_start(
             if settings.client_system_prompt != "ignore"
             else None,
             "conversation": asdict(conversation) if conversation else None,
+            "trace": current_trace(),
         }
         if talk_input.audio is not None:
             job["audio_blob"] = f"{prefix}input.{talk_input.audio_extension}"
@@ -163,13 +199,14 @@ async def talk_start(
                 if current is not None:
                     log.info("[%s] /talk overtaken by its retry %s", rid, current.request_id)
                     return await _wait_and_answer(
-                        client, current.request_id, response_format, started, settings
+                        client, current.request_id, response_format, started, settings, phases
                     )
             claim = confirmed
     except TalkError as error:
         if claim is not None and claim.mine:  # nothing started: a retry starts afresh
             await _release(settings, caller, key, claim)
         return refused(error, rid)
+    phases.mark("accept")
     log.info(
         "[%s] /talk accepted %s",
         rid,
@@ -182,7 +219,8 @@ async def talk_start(
         if claim is not None:  # let a retry with the same key start afresh
             await _release(settings, caller, key, claim)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
-    return await _wait_and_answer(client, rid, response_format, started, settings)
+    phases.mark("start")
+    return await _wait_and_answer(client, rid, response_format, started, settings, phases)
 
 
 async def _store_request(
@@ -262,13 +300,15 @@ async def _wait_and_answer(
     response_format: str,
     started: float,
     settings: Settings,
+    phases: Phases,
 ) -> func.HttpResponse:
     try:
         status = await _wait_for_completion(client, rid, started + settings.talk_wait_seconds)
     except Exception as error:  # the Durable extension itself did not answer
         log.error("[%s] status unavailable: %s", rid, type(error).__name__)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
-    return await _answer(status, rid, response_format, started)
+    phases.mark("wait")
+    return await _answer(status, rid, response_format, started, phases)
 
 
 @bp.route(route="talk/{request_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -312,13 +352,16 @@ def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> b
 async def _wait_for_completion(
     client: df.DurableOrchestrationClient, rid: str, deadline: float
 ) -> df.DurableOrchestrationStatus:
-    delay = _FIRST_POLL_S
+    fast_until = time.perf_counter() + FAST_POLL_WINDOW_S
+    delay = POLL_S
     while True:
         status = await client.get_status(rid)
-        if status.runtime_status in _DONE or time.perf_counter() + delay > deadline:
+        now = time.perf_counter()
+        if status.runtime_status in _DONE or now + delay > deadline:
             return status
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, _MAX_POLL_S)
+        if now > fast_until:
+            delay = min(delay * 1.5, MAX_POLL_S)
 
 
 async def _answer(
@@ -326,6 +369,7 @@ async def _answer(
     rid: str,
     response_format: str,
     started: float | None,
+    phases: Phases | None = None,
 ) -> func.HttpResponse:
     if status.runtime_status not in _DONE:
         log.info("[%s] /talk still running: answering 202", rid)
@@ -339,7 +383,9 @@ async def _answer(
     if "error" in output:
         error = output["error"]
         log.info("[%s] /talk failed: %s", rid, error["message"])
-        return error_response(error["status"], error["message"], rid, error["code"])
+        retry_after = error.get("retry_after_s")
+        headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+        return error_response(error["status"], error["message"], rid, error["code"], headers)
     try:
         stored = await asyncio.to_thread(blob_store(get_settings()).fetch, output["audio_blob"])
     except TalkError as error:
@@ -350,7 +396,9 @@ async def _answer(
     if started is not None:
         # What the caller waited, which is what the app feels.
         output["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000)
-    return reply_response(output, mp3, response_format)
+    if phases is not None:
+        phases.mark("read")
+    return reply_response(output, mp3, response_format, phases.durations if phases else None)
 
 
 @bp.route(

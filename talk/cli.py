@@ -11,13 +11,18 @@ import sys
 from pathlib import Path
 
 import dotenv
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
+from shared import telemetry
 from shared.config import Settings, get_settings
 from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
 from shared.security.secrets import SecretStore, redact
 from shared.storage.conversations import validate_conversation_id
+from shared.telemetry.setup import configure_in_memory
+from shared.telemetry.tree import span_tree
 from talk.remote import ask_backend
 
 log = logging.getLogger("talk")
@@ -47,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-v", "--verbose", action="store_true", help="log each stage at LOG_LEVEL on stderr"
     )
     parser.add_argument(
+        "--trace", action="store_true", help="print the turn's spans, with timings, on stderr"
+    )
+    parser.add_argument(
         "--url", help="ask a deployed backend at this address instead of running in-process"
     )
     parser.add_argument(
@@ -59,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    recorded = None
     try:
         settings = get_settings()
         logging.basicConfig(
@@ -67,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         redact.install()
+        recorded = configure_in_memory()[0] if args.trace else None
+        if recorded is None:
+            telemetry.configure(settings)
         if args.url:
             result = ask_backend(
                 args.url,
@@ -81,16 +93,26 @@ def main(argv: list[str] | None = None) -> int:
             secrets = default_secrets(settings)
             _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
             log_active_providers(settings, secrets)
-            result = talk(_request(args), settings, secrets)
+            with telemetry.traced("talk", kind=SpanKind.SERVER):
+                result = talk(_request(args), settings, secrets)
         args.out.write_bytes(result.mp3)
     except BadInput as error:
         print(f"error: {error.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
     except (TalkError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(_as_json(result) if args.json else _as_text(result, args.out))
-    return EXIT_OK
+        code = EXIT_FAILURE
+    else:
+        print(_as_json(result) if args.json else _as_text(result, args.out), flush=True)
+        code = EXIT_OK
+    _show_trace(recorded)
+    return code
+
+
+def _show_trace(recorded: InMemorySpanExporter | None) -> None:
+    telemetry.flush()
+    if recorded is not None and (spans := recorded.get_finished_spans()):
+        print(span_tree(spans), file=sys.stderr)
 
 
 def _ask_for_missing_secrets(settings: Settings, secrets: SecretStore, interactive: bool) -> None:

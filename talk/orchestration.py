@@ -21,9 +21,12 @@ import azure.durable_functions as df
 
 from shared.config import get_settings
 from shared.errors import BadInput, ConfigError, ProviderError, TalkError, error_payload
+from shared.memory import release_freed_memory
 from shared.pipeline import generate, synthesize, transcribe
+from shared.security.budget import BudgetExhausted
 from shared.storage import StorageUnavailable, blob_store
 from shared.storage.conversations import Turn, conversation_store
+from shared.telemetry import continue_trace, traced
 
 bp = df.Blueprint()
 log = logging.getLogger("talk")
@@ -65,6 +68,9 @@ class _Refused(Exception):
 def _call(
     context: df.DurableOrchestrationContext, activity: str, job: dict[str, Any]
 ) -> Generator[Any, Any, dict[str, Any]]:
+    # Each activity continues the trace of the request that started the orchestration.
+    if trace := context.get_input().get("trace"):
+        job = {**job, "trace": trace}
     result = yield context.call_activity_with_retry(activity, RETRY, job)
     if "error" in result:
         raise _Refused(result["error"])
@@ -183,14 +189,18 @@ INTERNAL_ERROR = {
 
 
 def _stage(name: str, job: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run an activity's work. A bad request, a setting, and a provider that failed after
-    its own retries are the stage's answer: retrying the activity would only multiply the
-    provider calls (at most `HTTP_RETRIES + 1` per stage). Storage that failed raises, so
-    the orchestration retries the activity. Anything unexpected is logged once and ends
-    the request as `500 internal`, without blind retries."""
+    """Run an activity's work. A bad request, a setting, a spent budget and a provider that
+    failed after its own retries are the stage's answer: retrying the activity would only
+    multiply the provider calls (at most `HTTP_RETRIES + 1` per stage). Storage that failed
+    raises, so the orchestration retries the activity. Anything unexpected is logged once
+    and ends the request as `500 internal`, without blind retries."""
     try:
-        return work()
-    except (BadInput, ConfigError, ProviderError) as error:
+        with (
+            continue_trace(job.get("trace")),
+            traced(f"activity:{name}", request_id=job.get("request_id")),
+        ):
+            return work()
+    except (BadInput, ConfigError, ProviderError, BudgetExhausted) as error:
         return {"error": error_payload(error)}
     except TalkError as error:
         raise TransientStageFailure(error) from error
@@ -203,6 +213,8 @@ def _stage(name: str, job: dict[str, Any], work: Callable[[], dict[str, Any]]) -
             exc_info=True,
         )
         return {"error": INTERNAL_ERROR}
+    finally:
+        release_freed_memory()
 
 
 @bp.function_name("transcribe")

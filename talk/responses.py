@@ -45,6 +45,17 @@ def error_response(
     )
 
 
+def error_code(response: func.HttpResponse) -> str | None:
+    """The `code` of an error response made by `error_response`; None for any other."""
+    if response.status_code < 400 or response.mimetype != JSON:
+        return None
+    try:
+        code = json.loads(response.get_body()).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 def internal_error_response() -> func.HttpResponse:
     return error_response(500, "the request could not be processed", None, "internal")
 
@@ -81,14 +92,22 @@ def pending_response(request_id: str) -> func.HttpResponse:
     )
 
 
-def reply_response(output: dict[str, Any], mp3: bytes, response_format: str) -> func.HttpResponse:
+def reply_response(
+    output: dict[str, Any],
+    mp3: bytes,
+    response_format: str,
+    phases: dict[str, float] | None = None,
+) -> func.HttpResponse:
+    """The reply; `phases` (what the HTTP function spent on what) join the stages' timings
+    in `Server-Timing`."""
     rid = output["request_id"]
     timings = output["timings_ms"]
+    durations = {stage: timings[stage] for stage in ("stt", "llm", "tts", "total")}
     headers = {
         "X-Request-Id": rid,
         "X-Cache": ",".join(output.get("cache", [])) or "none",
         "Server-Timing": ", ".join(
-            f"{stage};dur={timings[stage]}" for stage in ("stt", "llm", "tts", "total")
+            f"{name};dur={value:g}" for name, value in {**durations, **(phases or {})}.items()
         ),
     }
     if response_format == MP3:

@@ -118,11 +118,13 @@ def reset_app_caches() -> None:
     from health.api import forget_readiness
     from shared.lazy import OnceLoader
     from shared.providers import default_secrets
+    from shared.security.budget import budgets
     from shared.security.ratelimit import rate_limiter
     from shared.security.tokens import token_verifier
     from shared.storage import _shared_blob_service, blob_store
     from shared.storage.cache import response_cache
     from shared.storage.conversations import conversation_store
+    from shared.tts.elevenlabs import request_slots
 
     get_settings.cache_clear()
     forget_readiness()
@@ -134,6 +136,8 @@ def reset_app_caches() -> None:
         response_cache,
         rate_limiter,
         token_verifier,
+        budgets,
+        request_slots,
     )
     for loader in loaders:
         assert isinstance(loader, OnceLoader)

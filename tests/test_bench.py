@@ -23,6 +23,8 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "throughput",
         "request_checks",
         "decoding",
+        "end_to_end",
+        "telemetry",
     }
     assert saved["machine"]["cores"] >= 1
     assert set(saved["stt"]) == {
@@ -38,3 +40,13 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert "| STT engine |" in (tmp_path / "latest.md").read_text()
     assert all(row["p50"] >= 0 for row in saved["request_checks"].values())
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "end_to_end.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    end_to_end = saved["end_to_end"]
+    assert end_to_end["requests"] == 1 and len(end_to_end["paths"]) == 2
+    assert "end noticed by the HTTP function" in end_to_end["added_split_ms_p50"]
+    telemetry = saved["telemetry"]
+    assert telemetry["requests_per_setting"] == 1 and telemetry["spans_per_turn"] >= 8
+    assert telemetry["workbook"]["cold_starts"] == 1
+    assert set(telemetry["workbook"]["latency_ms"]) >= {"talk.stt", "talk.llm", "talk.tts"}
+    assert "| tracing |" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "workbook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -265,6 +265,13 @@ def test_the_android_apps_request_end_to_end(app_settings, host, caplog) -> None
     timing = response.headers["Server-Timing"]
     for stage in ("stt", "llm", "tts", "total"):
         assert f"{stage};dur={answer['timings_ms'][stage]}" in timing
+    # And what the HTTP function itself spent, by phase.
+    phases = dict(entry.split(";dur=") for entry in timing.split(", "))
+    assert {"accept", "start", "wait", "read"} <= set(phases)
+    assert (
+        sum(float(phases[p]) for p in ("accept", "start", "wait", "read"))
+        <= float(phases["total"]) + 2
+    )
     assert response.headers["X-Request-Id"] == rid
     assert f"[{rid}] Backend response code: 200" in caplog.text
     assert f"[{rid}] MP3 bytes={len(mp3)}" in caplog.text

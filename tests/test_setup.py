@@ -21,7 +21,6 @@ TEST_ONLY = {
     "ruff",
     "jiwer",
     "matplotlib",
-    "psutil",
     "azure-functions-doctor",
     "torch",
     "numba",

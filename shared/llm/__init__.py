@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from shared.config import Settings
@@ -18,12 +19,20 @@ class ChatMessage(TypedDict):
     content: str
 
 
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # prompt and reply, as the provider bills them
+
+
 class ReplyGenerator(Protocol):
     name: str
     model: str
 
-    def generate(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> str:
-        """The model's raw reply to the chat `messages`."""
+    def generate(
+        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> Completion:
+        """The model's raw reply to the chat `messages`, and the tokens it took."""
         ...
 
     def room(self, max_tokens: int) -> int:

@@ -12,22 +12,21 @@ the daily clean-up (`sweep`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import ipaddress
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.config import Settings
-from shared.errors import TalkError
+from shared.errors import RetryLater
 from shared.lazy import load_once
 from shared.security.identity import Caller
 from shared.storage import table_service, unavailable
+from shared.storage.counters import CounterContended, CounterFull, Counters
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -35,17 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE = "ratelimits"
-_ATTEMPTS = 10  # optimistic-concurrency rounds under contention
-_BACKOFF_S = 0.02  # up to this much, at random, between rounds
 
 
-class RateLimited(TalkError):
+class RateLimited(RetryLater):
     status = 429
     code = "rate_limited"
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -58,8 +51,8 @@ class Limit:
 class RateLimiter:
     def __init__(self, table: TableClient, *, clock: Callable[[], float] = time.time) -> None:
         self._table = table
+        self._counters = Counters(table)
         self._clock = clock
-        self._created = False
 
     def admit(self, subject: str, limits: list[Limit]) -> None:
         """Count one request of `subject` against each limit; RateLimited when one is spent."""
@@ -68,64 +61,24 @@ class RateLimiter:
                 self._count(subject, limit)
 
     def _count(self, subject: str, limit: Limit) -> None:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import (
-            AzureError,
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import AzureError
 
         now = self._clock()
         window = int(now // limit.window_s)
         partition, row = f"{limit.window_s}-{window:012d}", _hashed(subject)
         try:
-            for _ in range(_ATTEMPTS):
-                try:
-                    entity = self._table.get_entity(partition, row)
-                except ResourceNotFoundError:
-                    try:
-                        self._create({"PartitionKey": partition, "RowKey": row, "count": 1})
-                        return
-                    except ResourceExistsError:
-                        continue  # another instance counted first: read it again
-                count = int(entity.get("count", 0))
-                if count >= limit.allowed:
-                    retry_after = max(1, int((window + 1) * limit.window_s - now) + 1)
-                    raise RateLimited(
-                        f"too many requests ({limit.allowed} {limit.name}); "
-                        f"retry in {retry_after} s",
-                        retry_after,
-                    )
-                entity["count"] = count + 1
-                try:
-                    self._table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-                    return
-                except (ResourceModifiedError, ResourceNotFoundError):
-                    time.sleep(random.uniform(0, _BACKOFF_S))
+            self._counters.add(partition, row, 1, below=limit.allowed)
+        except CounterFull:
+            retry_after = max(1, int((window + 1) * limit.window_s - now) + 1)
+            raise RateLimited(
+                f"too many requests ({limit.allowed} {limit.name}); retry in {retry_after} s",
+                retry_after,
+            ) from None
+        except CounterContended:
+            log.warning("Rate limit counter %s stayed contended: refusing", partition)
+            raise RateLimited("too many requests at once; retry in 1 s", 1) from None
         except AzureError as error:
             raise unavailable("rate limits", error) from None
-        log.warning("Rate limit counter %s stayed contended: refusing", partition)
-        raise RateLimited("too many requests at once; retry in 1 s", 1)
-
-    def _create(self, entity: dict[str, object]) -> None:
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
-        try:
-            self._table.create_entity(entity)
-        except ResourceNotFoundError:  # the table itself is missing (first use)
-            if self._created:
-                raise
-            with contextlib.suppress(ResourceExistsError):
-                self._table.create_table()
-            self._created = True
-            self._table.create_entity(entity)
 
     def sweep(self, older_than_s: float) -> int:
         """Delete the counters of windows that ended `older_than_s` ago; how many."""

@@ -41,6 +41,9 @@ def embedded_synthesizer(settings: Settings, language: str | None = None) -> Spe
     return synthesizer
 
 
+SLOT_WAIT_S, SLOT_WAIT_WITH_FALLBACK_S = 10.0, 1.0
+
+
 def get_synthesizer(
     settings: Settings, secrets: SecretStore, language: str | None = None
 ) -> SpeechSynthesizer:
@@ -50,7 +53,7 @@ def get_synthesizer(
     if tts_provider(settings, secrets) == "piper":
         return embedded_synthesizer(settings, language)
 
-    from shared.tts.elevenlabs import ElevenLabsSynthesizer
+    from shared.tts.elevenlabs import ElevenLabsSynthesizer, request_slots
 
     auth = SecretHeader(secrets, "ELEVENLABS_API_KEY", "xi-api-key", "", True, "elevenlabs")
     http = provider_http(
@@ -65,4 +68,8 @@ def get_synthesizer(
         stability=settings.elevenlabs_stability,
         similarity_boost=settings.elevenlabs_similarity_boost,
         allow_voice_ids=settings.allow_voice_ids == "on",
+        slots=request_slots(settings.elevenlabs_max_in_flight),
+        # With the embedded voice to fall back on, a user is better answered by it now
+        # than by the paid voice after a long wait.
+        slot_wait_s=SLOT_WAIT_WITH_FALLBACK_S if settings.tts_fallback else SLOT_WAIT_S,
     )

@@ -1,12 +1,22 @@
-"""ElevenLabs text to speech: the production voice."""
+"""ElevenLabs text to speech: the production voice.
+
+ElevenLabs limits the requests in flight per account (by plan); each instance keeps at
+most `ELEVENLABS_MAX_IN_FLIGHT` of them and waits briefly for a slot, then gives up with
+a 503 that `TTS_FALLBACK=piper` answers with the embedded voice.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
+from collections.abc import Iterator
 
 from shared.errors import ProviderError
 from shared.http import ProviderHttp
+from shared.lazy import load_once
+from shared.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,12 @@ ELEVENLABS_LANGUAGES = frozenset(
 )
 
 
+@load_once
+def request_slots(limit: int) -> threading.BoundedSemaphore:
+    """The process's ElevenLabs slots."""
+    return threading.BoundedSemaphore(limit)
+
+
 def is_voice_id(voice: str) -> bool:
     return bool(_VOICE_ID.match(voice.strip()))
 
@@ -73,8 +89,12 @@ class ElevenLabsSynthesizer:
         stability: float,
         similarity_boost: float,
         allow_voice_ids: bool = False,
+        slots: threading.BoundedSemaphore | None = None,
+        slot_wait_s: float = 10.0,
     ) -> None:
         self._http = http
+        self._slots = slots or threading.BoundedSemaphore(1)
+        self._slot_wait_s = slot_wait_s
         self._model = model
         self._output_format = output_format
         self._default_voice_id = default_voice_id
@@ -121,17 +141,30 @@ class ElevenLabsSynthesizer:
             body["language_code"] = code
         path = f"v1/text-to-speech/{self.voice_id(voice)}"
         params = {"output_format": self._output_format}
-        try:
-            response = self._http.post_json(path, body, params=params)
-        except ProviderError as error:
-            if "language_code" not in body or error.upstream not in (400, 422):
-                raise
-            # Refused as invalid, perhaps for the language code (a model that does not take
-            # it): spoken without it rather than not at all.
-            log.warning("ElevenLabs refused language_code %r: speaking without it", code)
-            del body["language_code"]
-            response = self._http.post_json(path, body, params=params)
+        with self._slot():
+            try:
+                response = self._http.post_json(path, body, params=params)
+            except ProviderError as error:
+                if "language_code" not in body or error.upstream not in (400, 422):
+                    raise
+                # Refused as invalid, perhaps for the language code (a model that does not
+                # take it): spoken without it rather than not at all.
+                log.warning("ElevenLabs refused language_code %r: speaking without it", code)
+                del body["language_code"]
+                response = self._http.post_json(path, body, params=params)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("audio/") or not response.content:
             raise ProviderError(self.name, f"expected MP3, got {content_type or 'no content type'}")
         return response.content
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._slot_wait_s):
+            metrics.throttled(self.name, "instance_slots")
+            raise ProviderError(self.name, "every request slot is busy", status=503)
+        metrics.tts_in_flight(self.name, 1)
+        try:
+            yield
+        finally:
+            metrics.tts_in_flight(self.name, -1)
+            self._slots.release()

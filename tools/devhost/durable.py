@@ -22,6 +22,7 @@ from typing import Any
 
 from azure.durable_functions.constants import DATETIME_STRING_FORMAT
 
+from shared.telemetry import continue_trace, traced
 from tools.devhost.loopback import LoopbackServer, Recorded, Reply
 
 log = logging.getLogger("devhost")
@@ -136,7 +137,11 @@ class LocalDurableHost:
         # As many activities at once as host.json lets one instance run.
         self._activity_slots = threading.Semaphore(max_concurrent_activities())
         self.instances: dict[str, dict[str, Any]] = {}
+        # When each instance was asked for, ran its activities and ended (perf_counter
+        # seconds): where the time between the HTTP function and the activities goes.
+        self.timeline: dict[str, list[tuple[str, float]]] = {}
         self.activity_calls: list[str] = []
+        self.status_reads = 0  # what each is in Azure: a read of the Instances table
         self.started: list[str] = []
         self._lock = threading.Lock()
         self._server = LoopbackServer(self._answer)
@@ -173,7 +178,8 @@ class LocalDurableHost:
         parts = request.path.strip("/").split("/")
         if request.method == "POST" and "orchestrators" in parts:
             name, instance_id = parts[parts.index("orchestrators") + 1 :][:2]
-            self._start(name, instance_id, request.body)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self._start(name, instance_id, request.body, headers.get("traceparent"))
             return Reply.json(202, {"id": instance_id})
         if "instances" not in parts:
             return Reply.json(404, {"error": "not implemented by the local host"})
@@ -192,6 +198,7 @@ class LocalDurableHost:
         # With its input, as the extension answers by default (`showInput` defaults to
         # true, and the Python client never sends false).
         with self._lock:
+            self.status_reads += 1
             instance = self.instances.get(instance_id)
             status = dict(instance) if instance is not None else None
         if status is None:
@@ -220,7 +227,14 @@ class LocalDurableHost:
             return Reply(404)
         return Reply.json(200, {"instancesDeleted": len(doomed)})
 
-    def _start(self, name: str, instance_id: str, orchestration_input: Any) -> None:
+    def _mark(self, instance_id: str, event: str) -> None:
+        with self._lock:
+            self.timeline.setdefault(instance_id, []).append((event, time.perf_counter()))
+
+    def _start(
+        self, name: str, instance_id: str, orchestration_input: Any, traceparent: str | None
+    ) -> None:
+        self._mark(instance_id, "requested")
         now = datetime.now(UTC).isoformat()
         with self._lock:
             self.started.append(instance_id)
@@ -235,7 +249,9 @@ class LocalDurableHost:
                 "lastUpdatedTime": now,
             }
         thread = threading.Thread(
-            target=self._run, args=(name, instance_id, orchestration_input), daemon=True
+            target=self._traced_run,
+            args=(name, instance_id, orchestration_input, traceparent),
+            daemon=True,
         )
         thread.start()
 
@@ -248,7 +264,19 @@ class LocalDurableHost:
 
     # --- running an orchestration ------------------------------------------------------
 
+    def _traced_run(
+        self, name: str, instance_id: str, orchestration_input: Any, traceparent: str | None
+    ) -> None:
+        # As the extension's distributed tracing does in Azure: the orchestration is a span
+        # in the trace of the request that started it, and its activities run inside it.
+        with (
+            continue_trace({"traceparent": traceparent} if traceparent else None),
+            traced(f"orchestration:{name}", request_id=instance_id),
+        ):
+            self._run(name, instance_id, orchestration_input)
+
     def _run(self, name: str, instance_id: str, orchestration_input: Any) -> None:
+        self._mark(instance_id, "running")
         self._set(instance_id, runtimeStatus="Running")
         history = History(name, instance_id, orchestration_input)
         handled = 0
@@ -260,6 +288,7 @@ class LocalDurableHost:
                         self._set(instance_id, runtimeStatus="Failed", output=state["error"])
                     else:
                         self._set(instance_id, runtimeStatus="Completed", output=state["output"])
+                    self._mark(instance_id, "done")
                     return
                 actions = scheduled_actions(state)
                 if len(actions) <= handled:
@@ -285,8 +314,10 @@ class LocalDurableHost:
                 self.activity_calls.append(name)
             try:
                 with self._activity_slots:
+                    self._mark(history.instance_id, f"{name} begins")
                     self._maybe_crash(name)
                     result = self.activities[name](json.loads(action["input"]))
+                    self._mark(history.instance_id, f"{name} ends")
             except Exception as error:
                 log.warning("Activity %s failed: %s", name, type(error).__name__)
                 history.task_failed(task_id, *activity_failure(name, error))

@@ -1,0 +1,97 @@
+"""Counters in Table Storage that every instance adds to: the rate limits and the daily
+budgets hold however far the app scales out.
+
+One entity per counter, changed under optimistic concurrency (its ETag), so two instances
+adding at once cannot lose an addition. Storage failures are the caller's to word
+(`AzureError` passes through).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+ATTEMPTS = 10  # optimistic-concurrency rounds under contention
+BACKOFF_S = 0.02  # up to this much, at random, between rounds
+
+
+class CounterFull(Exception):
+    """The counter had reached the bound it was to stay below."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"counter at {count}")
+        self.count = count
+
+
+class CounterContended(Exception):
+    """Other instances kept changing the counter: nothing was added."""
+
+
+class Counters:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+        self._created = False
+
+    def value(self, partition: str, row: str) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return int(self.table.get_entity(partition, row).get("count", 0))
+        except ResourceNotFoundError:  # nothing counted yet (or no table yet)
+            return 0
+
+    def add(self, partition: str, row: str, amount: int, *, below: int | None = None) -> int:
+        """Add `amount`; with `below`, only while the count is under it (`CounterFull`
+        otherwise). The new count."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        for _ in range(ATTEMPTS):
+            try:
+                entity = self.table.get_entity(partition, row)
+            except ResourceNotFoundError:
+                if below is not None and below <= 0:
+                    raise CounterFull(0) from None
+                try:
+                    self._create({"PartitionKey": partition, "RowKey": row, "count": amount})
+                    return amount
+                except ResourceExistsError:
+                    continue  # another instance counted first: read it again
+            count = int(entity.get("count", 0))
+            if below is not None and count >= below:
+                raise CounterFull(count)
+            entity["count"] = count + amount
+            try:
+                self.table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return count + amount
+            except (ResourceModifiedError, ResourceNotFoundError):
+                time.sleep(random.uniform(0, BACKOFF_S))
+        raise CounterContended(partition)
+
+    def _create(self, entity: dict[str, object]) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            self.table.create_entity(entity)
+        except ResourceNotFoundError:  # the table itself is missing (first use)
+            if self._created:
+                raise
+            with contextlib.suppress(ResourceExistsError):
+                self.table.create_table()
+            self._created = True
+            self.table.create_entity(entity)
