@@ -27,6 +27,7 @@ from shared.providers import default_secrets
 from shared.security.budget import LLM_TOKENS, TTS_CHARACTERS, BudgetExhausted, budgets
 from shared.security.identity import SHARED_OWNER
 from shared.security.secrets import MissingSecret, SecretStore
+from shared.storage import StorageUnavailable
 from shared.storage.cache import cache_key, response_cache
 from shared.storage.conversations import conversation_store, new_turn
 from shared.stt import get_transcriber
@@ -187,19 +188,22 @@ def generate(
         if budget:
             budgets(settings).check(LLM_TOKENS, budget)
         tokens = 0
-        # A sampled reply can come out empty once cleaned (all emoji, say): retry greedily.
-        for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
-            completion = generator.generate(
-                messages, max_tokens=settings.llm_max_tokens, temperature=temperature
-            )
-            tokens += completion.tokens
-            text = clean_for_speech(completion.text, settings.reply_max_sentences)
-            if text:
-                break
-        llm_tokens(generator.name, tokens)
-        if budget:
-            budgets(settings).charge(LLM_TOKENS, budget, tokens)
-        span.set(llm_tokens=tokens)
+        try:
+            # A sampled reply can come out empty once cleaned (all emoji, say): retry
+            # greedily.
+            for temperature in dict.fromkeys((settings.llm_temperature, 0.0)):
+                completion = generator.generate(
+                    messages, max_tokens=settings.llm_max_tokens, temperature=temperature
+                )
+                tokens += completion.tokens
+                text = clean_for_speech(completion.text, settings.reply_max_sentences)
+                if text:
+                    break
+        finally:  # a second attempt that failed does not un-bill the first
+            llm_tokens(generator.name, tokens)
+            if budget:
+                budgets(settings).charge(LLM_TOKENS, budget, tokens)
+            span.set(llm_tokens=tokens)
         if not text:
             raise ProviderError(generator.name, "the model gave an empty reply")
         if cache:
@@ -266,7 +270,8 @@ def _speak(
         if budget:
             budgets(settings).check(TTS_CHARACTERS, budget)
         mp3 = synthesizer.synthesize(text, voice=voice, language=language)
-    except (ProviderError, MissingSecret, BudgetExhausted) as error:
+    except (ProviderError, MissingSecret, BudgetExhausted, StorageUnavailable) as error:
+        # StorageUnavailable: the budget could not be read; the free voice needs none.
         if settings.tts_fallback != "piper" or not paid:
             raise
         log.warning(

@@ -115,11 +115,20 @@ async def talk_start(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     rid = new_request_id()
-    with traced("POST /talk", kind=SpanKind.SERVER, request_id=rid) as span:
-        response = await _accept_and_answer(req, client, rid)
-        code = error_code(response)
-        span.set(status=response.status_code, error_code=code)
-    request_answered(response.status_code, code or "ok")
+    status, code = 500, "internal"  # unless an answer comes back (`json_errors` makes it)
+    try:
+        with traced(
+            "POST /talk", kind=SpanKind.SERVER, request_id=rid, method="POST", route="/talk"
+        ) as span:
+            response = await _accept_and_answer(req, client, rid)
+            status, code = response.status_code, error_code(response) or "ok"
+            span.set(status=status)
+            if status >= 500:  # Application Insights counts a request failed by its status
+                span.fail(code)
+            elif code != "ok":
+                span.set(error_code=code)
+    finally:
+        request_answered(status, code)
     return response
 
 

@@ -438,3 +438,42 @@ def test_the_command_line_prints_the_span_tree(tmp_path) -> None:
     tree = {line.split()[0]: line for line in lines if re.search(r"\d+\.\d ms", line)}
     assert {"talk", "talk.llm", "talk.tts"} <= set(tree)
     assert tree["talk.llm"].startswith("  talk.llm")  # a child of the turn
+
+
+def test_a_5xx_answer_is_a_failed_request_in_the_trace_and_the_count(
+    app_settings, host, spans, telemetry
+) -> None:
+    from tests.conftest import closed_port_connection_string
+
+    app_settings.setenv("AzureWebJobsStorage", closed_port_connection_string())
+    reset_app_caches()
+    response = post(host, json.dumps({"text": "Hello"}).encode(), JSON)
+    assert response.status_code == 503
+    (root,) = [s for s in spans.get_finished_spans() if s.name == "POST /talk"]
+    assert not root.status.is_ok and root.status.description == "storage_unavailable"
+    assert root.attributes["http.request.method"] == "POST"
+    assert root.attributes["http.route"] == "/talk"
+    counted = _metric_points(telemetry[1])[metrics.REQUESTS]
+    assert any(p.attributes == {"status": 503, "code": "storage_unavailable"} for p in counted)
+
+
+def test_telemetry_that_cannot_be_set_up_never_stops_the_app(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_environment
+
+    env = cli_environment(
+        TELEMETRY_EXPORTER="azure", APPLICATIONINSIGHTS_CONNECTION_STRING="not;a=connection"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import function_app; print('loaded')"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+    assert "Telemetry is off: it could not be set up (ValueError)" in done.stderr
+    assert "not;a=connection" not in done.stderr

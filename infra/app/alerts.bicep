@@ -41,9 +41,9 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
 var rules = [
   {
     name: 'server-errors'
-    description: 'More than 5% of /talk requests answered 5xx over 15 minutes.'
+    description: 'More than 5% of /talk requests answered 5xx over 15 minutes (a spent daily budget is not a failure).'
     severity: 1
-    query: 'customMetrics | where name == "talk.requests" | summarize total = sum(valueSum), failed = sumif(valueSum, toint(customDimensions["status"]) >= 500) | where total > 0 | extend ratio = 100.0 * failed / total'
+    query: 'customMetrics | where name == "talk.requests" | summarize total = sum(valueSum), failed = sumif(valueSum, toint(customDimensions["status"]) >= 500 and tostring(customDimensions["code"]) != "budget_exhausted") | where total > 0 | extend ratio = 100.0 * failed / total'
     measure: 'ratio'
     threshold: 5
   }
@@ -57,9 +57,9 @@ var rules = [
   }
   {
     name: 'provider-throttling'
-    description: 'A provider answered 429, or this app ran out of ElevenLabs slots, in 15 minutes.'
+    description: 'A provider answered 429 in 15 minutes (refused instance slots, answered by the fallback voice, show in the workbook instead).'
     severity: 2
-    query: 'customMetrics | where name == "talk.provider.throttled" | summarize throttled = sum(valueSum)'
+    query: 'customMetrics | where name == "talk.provider.throttled" and tostring(customDimensions["reason"]) != "instance_slots" | summarize throttled = sum(valueSum)'
     measure: 'throttled'
     threshold: 0
   }
@@ -67,7 +67,7 @@ var rules = [
     name: 'vault-or-storage-failures'
     description: 'Key Vault or Storage refused the app (401/403) or failed (5xx, no answer) in 15 minutes.'
     severity: 1
-    query: 'union (dependencies | where target has "vault.azure.net" or target has ".core.windows.net" | where success == false and (toint(resultCode) in (0, 401, 403) or toint(resultCode) >= 500) | summarize failures = count()), (customMetrics | where name == "talk.requests" and tostring(customDimensions["code"]) in ("storage_unavailable", "missing_secret") | summarize failures = sum(valueSum)) | summarize failures = sum(failures)'
+    query: 'union (dependencies | where target has "vault.azure.net" or target has ".core.windows.net" | where success == false and (toint(resultCode) in (0, 401, 403) or toint(resultCode) >= 500) | summarize failures = sum(itemCount)), (customMetrics | where name == "talk.requests" and tostring(customDimensions["code"]) in ("storage_unavailable", "missing_secret") | summarize failures = sum(valueSum)) | summarize failures = sum(failures)'
     measure: 'failures'
     threshold: 0
   }

@@ -68,6 +68,10 @@ def configure_from_environment() -> str:
         return configure(read_settings())
     except ConfigError:
         return "none"
+    except Exception as error:  # a malformed connection string, an exporter that failed
+        # Telemetry must never keep the app from loading: it answers without it.
+        log.warning("Telemetry is off: it could not be set up (%s)", type(error).__name__)
+        return "none"
 
 
 def configure_in_memory() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:

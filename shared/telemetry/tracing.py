@@ -37,6 +37,8 @@ ATTRIBUTES = {
     "cache_hit": "talk.cache_hit",
     "error_code": "talk.error_code",
     "status": "http.response.status_code",
+    "method": "http.request.method",
+    "route": "http.route",
 }
 CONTENT_ATTRIBUTES = {"transcript": "talk.transcript", "reply": "talk.reply"}
 
@@ -67,6 +69,11 @@ class Annotated:
                 self.provider = str(value)
             self.span.set_attribute(ATTRIBUTES[key], value)  # type: ignore[arg-type]
 
+    def fail(self, code: str) -> None:
+        """Mark the span failed with an error code (never a message)."""
+        self.set(error_code=code)
+        self.span.set_status(Status(StatusCode.ERROR, code))
+
 
 @contextlib.contextmanager
 def traced(
@@ -81,9 +88,7 @@ def traced(
         try:
             yield annotated
         except BaseException as error:
-            code = error.code if isinstance(error, TalkError) else "internal"
-            annotated.set(error_code=code)
-            span.set_status(Status(StatusCode.ERROR, code))
+            annotated.fail(error.code if isinstance(error, TalkError) else "internal")
             raise
 
 

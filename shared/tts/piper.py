@@ -47,19 +47,20 @@ class PiperSynthesizer:
         )
         # Piper phonemizes through espeak-ng, whose state is global to the process.
         with self._lock:
-            pieces = [
-                piece
-                for sentence in self._voice.phonemize(text)
-                for piece in bounded_pieces(sentence, MAX_PHONEMES)
-            ]
-            return b"".join(self._speak(piece, config) for piece in pieces)
+            sentences = [sentence for sentence in self._voice.phonemize(text) if sentence]
+            return b"".join(self._speak(sentence, config) for sentence in sentences)
 
-    def _speak(self, phonemes: list[str], config: SynthesisConfig) -> bytes:
-        """One piece as Piper's `synthesize` makes a sentence: normalized, at its volume."""
+    def _speak(self, sentence: list[str], config: SynthesisConfig) -> bytes:
+        """One sentence as Piper's `synthesize` makes it (normalized, at its volume), run
+        in bounded pieces."""
         import numpy as np
 
-        ids = self._voice.phonemes_to_ids(phonemes)
-        audio = self._voice.phoneme_ids_to_audio(ids, config)
+        audio = np.concatenate(
+            [
+                self._voice.phoneme_ids_to_audio(self._voice.phonemes_to_ids(piece), config)
+                for piece in bounded_pieces(sentence, MAX_PHONEMES)
+            ]
+        )
         if config.normalize_audio:
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
@@ -86,13 +87,16 @@ class PiperSynthesizer:
 
 def bounded_pieces(phonemes: list[str], limit: int) -> list[list[str]]:
     """A sentence's phonemes in pieces of at most `limit`, cut after a comma (or another
-    pause) where one falls in the piece's last two thirds, else between words."""
+    pause) where one falls in the piece's last two thirds, else after its last space
+    there, else at `limit`."""
     pieces = []
     while len(phonemes) > limit:
         head = phonemes[:limit]
         cut = max((i for i, p in enumerate(head) if p in _PAUSES), default=-1)
         if cut < limit // 3:
-            cut = max((i for i, p in enumerate(head) if p == " "), default=limit - 1)
+            cut = max((i for i, p in enumerate(head) if p == " "), default=-1)
+        if cut < limit // 3:  # one long word: cut it rather than leave a sliver
+            cut = limit - 1
         pieces.append(phonemes[: cut + 1])
         phonemes = phonemes[cut + 1 :]
     return [*pieces, phonemes] if phonemes else pieces
