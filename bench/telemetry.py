@@ -37,21 +37,14 @@ class _Switch:
 
 
 def _providers(switch: _Switch) -> tuple[Any, Any]:
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from shared.telemetry.setup import _instrument_requests
+    from shared.telemetry.setup import install
 
     spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
-    provider = TracerProvider(sampler=switch)  # type: ignore[arg-type]
-    provider.add_span_processor(BatchSpanProcessor(spans))
-    trace.set_tracer_provider(provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    _instrument_requests()
+    install(BatchSpanProcessor(spans), reader, sampler=switch)  # type: ignore[arg-type]
     return spans, reader
 
 

@@ -18,8 +18,11 @@ from shared.telemetry import metrics
 from shared.telemetry.tracing import _Content
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 log = logging.getLogger("talk")
 
@@ -77,26 +80,43 @@ def configure_from_environment() -> str:
 def configure_in_memory() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
     """Keep this process's spans and metrics in memory (`python -m talk --trace`, tests):
     the exporter and reader to read them from."""
-    from opentelemetry import metrics as otel_metrics
-    from opentelemetry import trace
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     with _lock:
         if not _in_memory:
             spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
-            tracer_provider = TracerProvider()
-            tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-            trace.set_tracer_provider(tracer_provider)
-            otel_metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-            _instrument_requests()
+            install(SimpleSpanProcessor(spans), reader)
             _in_memory.append((spans, reader))
             _chosen[:] = ["memory"]
             metrics.cold_start()
     return _in_memory[0]
+
+
+def install(
+    span_processor: SpanProcessor,
+    metric_reader: MetricReader,
+    *,
+    resource: Resource | None = None,
+    sampler: Sampler | None = None,
+) -> None:
+    """Make OpenTelemetry's SDK this process's tracer and meter: spans to `span_processor`,
+    metrics to `metric_reader`, and the `requests` calls traced."""
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    resource = resource or Resource.create({"service.name": "talk"})
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    tracer_provider.add_span_processor(span_processor)
+    trace.set_tracer_provider(tracer_provider)
+    otel_metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[metric_reader])
+    )
+    _instrument_requests()
 
 
 def flush() -> None:
@@ -135,16 +155,11 @@ def _azure_monitor(settings: Settings) -> None:
 
 
 def _sdk(settings: Settings, exporter: str) -> None:
-    from opentelemetry import metrics as otel_metrics
-    from opentelemetry import trace
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
         MetricExporter,
         PeriodicExportingMetricReader,
     )
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         ConsoleSpanExporter,
@@ -162,10 +177,5 @@ def _sdk(settings: Settings, exporter: str) -> None:
         numbers = OTLPMetricExporter(endpoint=f"{base}/v1/metrics")
     else:
         spans, numbers = ConsoleSpanExporter(), ConsoleMetricExporter()
-    resource = Resource.create({"service.name": "talk"})
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
-    trace.set_tracer_provider(tracer_provider)
     reader = PeriodicExportingMetricReader(numbers, export_interval_millis=METRIC_INTERVAL_MS)
-    otel_metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
-    _instrument_requests()
+    install(BatchSpanProcessor(spans), reader)
