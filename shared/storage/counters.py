@@ -2,8 +2,10 @@
 budgets hold however far the app scales out.
 
 One entity per counter, changed under optimistic concurrency (its ETag), so two instances
-adding at once cannot lose an addition. Storage failures are the caller's to word
-(`AzureError` passes through).
+adding at once cannot lose an addition. A counter that every request adds to (a daily
+budget) is split over rows that share a prefix (`add` to any one, `total` sums them), so
+writers rarely meet on one entity. Storage failures are the caller's to word (`AzureError`
+passes through).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ class CounterContended(Exception):
 class Counters:
     def __init__(self, table: TableClient) -> None:
         self.table = table
-        self._created = False
 
     def value(self, partition: str, row: str) -> int:
         from azure.core.exceptions import ResourceNotFoundError
@@ -44,6 +45,33 @@ class Counters:
             return int(self.table.get_entity(partition, row).get("count", 0))
         except ResourceNotFoundError:  # nothing counted yet (or no table yet)
             return 0
+
+    def total(self, partition: str, prefix: str) -> int:
+        """The sum of the counters in `partition` whose row starts with `prefix`."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        # Row keys are ordered: the prefix's rows are those from it up to its last
+        # character's successor.
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        try:
+            rows = self.table.query_entities(
+                "PartitionKey eq @partition and RowKey ge @start and RowKey lt @end",
+                parameters={"partition": partition, "start": prefix, "end": end},
+                select=["count"],
+            )
+            return sum(int(row.get("count", 0)) for row in rows)
+        except ResourceNotFoundError:  # no table yet
+            return 0
+
+    def mark(self, partition: str, row: str) -> bool:
+        """Set a flag once across every instance: True for the one call that set it."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._create({"PartitionKey": partition, "RowKey": row})
+        except ResourceExistsError:
+            return False
+        return True
 
     def add(self, partition: str, row: str, amount: int, *, below: int | None = None) -> int:
         """Add `amount`; with `below`, only while the count is under it (`CounterFull`
@@ -88,10 +116,10 @@ class Counters:
 
         try:
             self.table.create_entity(entity)
-        except ResourceNotFoundError:  # the table itself is missing (first use)
-            if self._created:
-                raise
+        except ResourceNotFoundError:
+            # The table is missing (first use). Every caller that finds it so creates it:
+            # remembering "created" per client let a thread that had seen it missing just
+            # before another created it give up, and lose its addition.
             with contextlib.suppress(ResourceExistsError):
                 self.table.create_table()
-            self._created = True
             self.table.create_entity(entity)
