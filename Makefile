@@ -19,7 +19,7 @@ ACTIONLINT_VERSION := 1.6.0
 # A portable llama.cpp build, and pip's cache keeps the wheel for the next venv.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install talk serve test bench lint lock clean
+.PHONY: install talk serve test fuzz bench lint lock clean
 
 install: $(DEV_STAMP)
 
@@ -56,6 +56,10 @@ test: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+# The property-based attacks on parsing and decoding, with fresh random inputs each run.
+fuzz: $(DEV_STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -m hypothesis
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check --fix .

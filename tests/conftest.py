@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import av
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from shared.config import Settings, get_settings
 from shared.security.secrets import SECRET_NAMES
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from tools.devhost.durable import LocalDurableHost
 
 T = TypeVar("T")
+
+# The fuzz tests draw the same inputs on every run, so a red CI names a change, not a
+# lucky draw; `make fuzz` draws new ones.
+hypothesis_settings.register_profile("repeatable", derandomize=True)
+hypothesis_settings.register_profile("fuzz", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "question.m4a"
 

@@ -149,5 +149,4 @@ def test_talk_reports_the_cache_hit(app_settings, host) -> None:
     assert body_of(first)["cache"] == []
     answer = body_of(second)
     assert answer["cache"] == ["llm", "tts"]
-    assert answer["timings_ms"]["tts"] < body_of(first)["timings_ms"]["tts"]
     assert second.headers["X-Cache"] == "llm,tts"

@@ -118,12 +118,13 @@ def test_malformed_ids_are_refused(chat, host) -> None:
     assert refused.status_code == 400
 
 
-def _table_store(azurite: str, **changes) -> TableConversationStore:
+def _table_store(azurite: str, table: str | None = None, **changes) -> TableConversationStore:
+    """A store on a table of its own, or on `table` (another store's, seen differently)."""
     settings = Settings(
-        storage_connection=azurite, conversation_table="turns" + str(time.time_ns())
+        storage_connection=azurite, conversation_table=table or "turns" + str(time.time_ns())
     )
-    table = table_service(settings).get_table_client(settings.conversation_table)
-    return TableConversationStore(table, changes.get("max_turns", 50), changes.get("ttl_s", 3600))
+    client = table_service(settings).get_table_client(settings.conversation_table)
+    return TableConversationStore(client, changes.get("max_turns", 50), changes.get("ttl_s", 3600))
 
 
 def test_ten_parallel_turns_in_one_conversation_all_land(azurite) -> None:
@@ -146,21 +147,24 @@ def test_ten_parallel_turns_in_one_conversation_all_land(azurite) -> None:
 
 
 def test_a_conversation_keeps_its_last_turns_and_expires(azurite) -> None:
-    store = _table_store(azurite, max_turns=3, ttl_s=1.0)
+    table = "turns" + str(time.time_ns())
+    store = _table_store(azurite, table, max_turns=3)
     store.start(OWNER, "short")
     for index in range(5):
         store.append(OWNER, "short", new_turn(f"{index:08x}", f"q{index}", "r", None))
     assert [t.question for t in store.turns(OWNER, "short")] == ["q2", "q3", "q4"]
+    # The same table with a one-second expiry: however long the turns above took to save.
+    expiring = _table_store(azurite, table, max_turns=3, ttl_s=1.0)
     time.sleep(1.2)
-    assert store.turns(OWNER, "short") is None
+    assert expiring.turns(OWNER, "short") is None
     assert store.delete(OWNER, "short") is False  # expiry removed it
 
 
 def test_the_daily_sweep_deletes_expired_conversations_unread(azurite) -> None:
-    store = _table_store(azurite, ttl_s=1.0)
+    store = _table_store(azurite, ttl_s=2.0)
     store.start(OWNER, "old")
     store.append(OWNER, "old", new_turn("0" * 32, "q", "r", None))
-    time.sleep(1.2)
+    time.sleep(2.2)
     store.start(OWNER, "fresh")
     assert store.sweep() == 1
     assert store.delete(OWNER, "old") is False  # already gone, never read

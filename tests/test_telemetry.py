@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -192,14 +193,16 @@ def test_a_failed_stage_says_its_error_code_and_not_its_message(app_settings, ho
 # --- the spending guard ------------------------------------------------------------------
 
 
-def _instance(azurite: str) -> Budgets:
-    """What one app instance counts with: its own client of the shared table."""
+def _instance(azurite: str, now: dt.datetime) -> Budgets:
+    """What one app instance counts with: its own client of the shared table (its clock
+    held, so that midnight cannot fall between a charge and the check)."""
     settings = Settings(storage_connection=azurite)
-    return Budgets(table_service(settings).get_table_client("budgets"))
+    return Budgets(table_service(settings).get_table_client("budgets"), clock=lambda: now)
 
 
 def test_a_budget_holds_across_two_instances_sharing_storage(azurite, caplog) -> None:
-    first, second = _instance(azurite), _instance(azurite)
+    now = dt.datetime.now(dt.UTC)
+    first, second = _instance(azurite, now), _instance(azurite, now)
     name = f"test-{time.time_ns()}"
 
     def charge(budgets: Budgets) -> None:
@@ -277,9 +280,9 @@ def _fresh_day() -> None:
     """Forget today's counts: each test starts with a whole budget."""
     table = table_service(get_settings()).get_table_client("budgets")
     today = dt.datetime.now(dt.UTC).strftime("day-%Y%m%d")
-    for row in ("tts-characters", "llm-tokens"):
-        with contextlib.suppress(Exception):  # nothing counted yet
-            table.delete_entity(today, row)
+    with contextlib.suppress(ResourceNotFoundError):  # nothing counted yet
+        for row in table.query_entities("PartitionKey eq @day", parameters={"day": today}):
+            table.delete_entity(today, row["RowKey"])
 
 
 # --- ElevenLabs' limits ------------------------------------------------------------------
@@ -310,11 +313,11 @@ def test_too_many_concurrent_requests_is_retried_soon(
     answer, calls = _eleven_429("too_many_concurrent_requests", 2, stub_mp3)
     with StubServer(answer) as eleven:
         _use(app_settings, ELEVENLABS_BASE_URL=eleven.url, TTS_CACHE="off")
-        _use(app_settings, HTTP_BACKOFF_SECONDS="2")
+        _use(app_settings, HTTP_BACKOFF_SECONDS="5")
         speech = synthesize("Hello", request_id="r", settings=get_settings())
     assert speech.provider == "elevenlabs" and len(calls) == 3
-    # Retried at once, not after the 2 s and 4 s a backoff would wait.
-    assert calls[-1] - calls[0] < 1.5
+    # Retried soon (twice 0.25 s, jittered), not after the 5 s a backoff would wait first.
+    assert calls[-1] - calls[0] < 4.5
     throttled = _metric_points(telemetry[1])[metrics.PROVIDER_THROTTLED]
     assert "too_many_concurrent_requests" in {p.attributes["reason"] for p in throttled}
 

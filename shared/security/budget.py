@@ -7,8 +7,9 @@ the requests in flight when it runs out, never by more. A warning is logged when
 use crosses 80%, once across every instance.
 
 Every paid call charges the same day's budget, so each budget is counted over `SHARDS`
-rows: a charge adds to one at random, a check sums them in one query. On one row, a burst
-of concurrent charges outlasted the optimistic-concurrency retries and was not counted.
+rows: a charge adds to one at random (another, if that one stays contended), a check
+sums them in one query. On one row, a burst of concurrent charges outlasted the
+optimistic-concurrency retries and was not counted.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Budgets:
 
         day = _day(self._clock())
         try:
-            self._counters.add(day, f"{name}.{random.randrange(SHARDS)}", amount)
+            self._add_to_some_shard(day, name, amount)
         except (AzureError, CounterContended) as error:
             # The call is made and answered: a charge that could not be written is logged,
             # not turned into a failure of a request that already succeeded.
@@ -92,6 +93,17 @@ class Budgets:
                 self._warn_at_80_percent(day, name, limit)
             except AzureError as error:
                 log.warning("Budget %s: use not read (%s)", name, type(error).__name__)
+
+    def _add_to_some_shard(self, day: str, name: str, amount: int) -> None:
+        # A shard still contended after its retries is left for another, in random order.
+        *others, last = random.sample(range(SHARDS), SHARDS)
+        for shard in others:
+            try:
+                self._counters.add(day, f"{name}.{shard}", amount)
+                return
+            except CounterContended:
+                continue
+        self._counters.add(day, f"{name}.{last}", amount)
 
     def _warn_at_80_percent(self, day: str, name: str, limit: int) -> None:
         total = self._counters.total(day, f"{name}.")
