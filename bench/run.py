@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +51,7 @@ from typing import Any
 
 import jiwer
 
+from bench.end_to_end import percentiles
 from shared.config import Settings
 from shared.pipeline import TalkRequest, talk, transcribe
 from tools.azurite import running_azurite
@@ -100,12 +102,6 @@ def embedded(**changes: Any) -> Settings:
     # LLM and TTS stages compare like with like.
     base = Settings(llm_provider="local", tts_provider="piper", llm_temperature=0.0)
     return replace(base, **changes)
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50": round(statistics.median(ordered), 1), "p95": round(p95, 1)}
 
 
 def make_clips(count: int) -> list[tuple[str, bytes, float]]:
@@ -374,85 +370,114 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
         f"{results['clips']} questions x {results['repeats']} runs.",
-        "",
-        "| STT engine | p50 ms | p95 ms | real-time factor | WER | peak RSS MB |",
-        "|---|---|---|---|---|---|",
     ]
-    for name, row in stt.items():
-        if name == "speed_ratio":
-            continue
-        lines.append(
-            f"| {name} | {row['latency_ms']['p50']} | {row['latency_ms']['p95']} | "
-            f"{row['real_time_factor_p50']} | {row['word_error_rate']:.1%} | {row['peak_rss_mb']} |"
-        )
-    lines += [
-        "",
-        f"Speed ratio (p50): faster-whisper is {stt['speed_ratio']}x openai-whisper.",
-        "",
-        "| Whisper model, English | p50 ms | p95 ms | real-time factor | WER | peak RSS MB "
-        "| load ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines += table(
+        ["STT engine", "p50 ms", "p95 ms", "real-time factor", "WER", "peak RSS MB"],
+        (
+            [
+                name,
+                *_p50_p95(row["latency_ms"]),
+                row["real_time_factor_p50"],
+                f"{row['word_error_rate']:.1%}",
+                row["peak_rss_mb"],
+            ]
+            for name, row in stt.items()
+            if name != "speed_ratio"
+        ),
+    )
+    lines += ["", f"Speed ratio (p50): faster-whisper is {stt['speed_ratio']}x openai-whisper."]
     models = results["stt_models"]
-    for name, row in models["english"].items():
-        lines.append(
-            f"| {name} | {row['latency_ms']['p50']} | {row['latency_ms']['p95']} | "
-            f"{row['real_time_factor_p50']} | {row['word_error_rate']:.1%} | "
-            f"{row['peak_rss_mb']} | {row['load_ms']} |"
-        )
+    lines += table(
+        [
+            "Whisper model, English",
+            "p50 ms",
+            "p95 ms",
+            "real-time factor",
+            "WER",
+            "peak RSS MB",
+            "load ms",
+        ],
+        (
+            [
+                name,
+                *_p50_p95(row["latency_ms"]),
+                row["real_time_factor_p50"],
+                f"{row['word_error_rate']:.1%}",
+                row["peak_rss_mb"],
+                row["load_ms"],
+            ]
+            for name, row in models["english"].items()
+        ),
+    )
     lines += [
         "",
         f"base takes {models['speed_ratio']}x the time of tiny.en (p50); putting base back "
         f"together from its packages, once per instance: {models['base_assembly_ms']} ms.",
-        "",
-        "| Whisper model, Finnish (espeak-ng) | p50 ms | heard as Finnish | CER | outcomes |",
-        "|---|---|---|---|---|",
     ]
-    for name, row in models["finnish"].items():
-        outcomes = ", ".join(f"{k} {v}" for k, v in row["outcomes"].items())
-        lines.append(
-            f"| {name} | {row['latency_ms']['p50']} | {row['heard_as_finnish']} | "
-            f"{row['character_error_rate']:.1%} | {outcomes} |"
-        )
-    lines += [
-        "",
-        "| round trip | STT p50/p95 | LLM p50/p95 | TTS p50/p95 | total p50/p95 ms |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in results["round_trip"].items():
-        cells = [f"{row[s]['p50']} / {row[s]['p95']}" for s in ("stt", "llm", "tts", "total")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| decoding an upload | p50 ms | p95 ms |", "|---|---|---|"]
-    for name, row in results["decoding"].items():
-        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
+    lines += table(
+        ["Whisper model, Finnish (espeak-ng)", "p50 ms", "heard as Finnish", "CER", "outcomes"],
+        (
+            [
+                name,
+                row["latency_ms"]["p50"],
+                row["heard_as_finnish"],
+                f"{row['character_error_rate']:.1%}",
+                ", ".join(f"{k} {v}" for k, v in row["outcomes"].items()),
+            ]
+            for name, row in models["finnish"].items()
+        ),
+    )
+    lines += table(
+        ["round trip", "STT p50/p95", "LLM p50/p95", "TTS p50/p95", "total p50/p95 ms"],
+        (
+            [name, *(f"{row[s]['p50']} / {row[s]['p95']}" for s in ("stt", "llm", "tts", "total"))]
+            for name, row in results["round_trip"].items()
+        ),
+    )
+    lines += table(
+        ["decoding an upload", "p50 ms", "p95 ms"],
+        ([name, *_p50_p95(row)] for name, row in results["decoding"].items()),
+    )
     cold = results["cold_start"]
     lines += [
         "",
         f"Cold start (fresh process): first `/health` answer {cold['health_ms']} ms "
         f"(models loaded: {cold['models_loaded_at_health']}); first `/talk` answer "
         f"{cold['talk_ms']} ms.",
-        "",
-        "| concurrent requests | requests/min | p50 ms per request |",
-        "|---|---|---|",
     ]
     throughput = results["throughput"]
-    for level, row in throughput["levels"].items():
-        lines.append(f"| {level} | {row['requests_per_minute']} | {row['latency_ms']['p50']} |")
+    lines += table(
+        ["concurrent requests", "requests/min", "p50 ms per request"],
+        (
+            [level, row["requests_per_minute"], row["latency_ms"]["p50"]]
+            for level, row in throughput["levels"].items()
+        ),
+    )
     lines += [
         "",
         f"Throughput process: peak RSS {throughput['peak_rss_mb']} MB with all three models; "
         f"model loads {throughput['model_loads']}.",
     ]
     lines += end_to_end_markdown(results["end_to_end"])
-    lines += [
-        "",
-        "| what a `POST /talk` now does besides the pipeline | p50 ms | p95 ms |",
-        "|---|---|---|",
-    ]
-    for name, row in results["request_checks"].items():
-        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
+    lines += table(
+        ["what a `POST /talk` now does besides the pipeline", "p50 ms", "p95 ms"],
+        ([name, *_p50_p95(row)] for name, row in results["request_checks"].items()),
+    )
     lines += telemetry_markdown(results["telemetry"])
     return "\n".join(lines) + "\n"
+
+
+def table(header: list[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    """A Markdown table, after a blank line."""
+    return ["", _cells(header), "|" + "---|" * len(header), *map(_cells, rows)]
+
+
+def _cells(row: Iterable[object]) -> str:
+    return "| " + " | ".join(str(cell) for cell in row) + " |"
+
+
+def _p50_p95(latency: dict[str, Any]) -> list[Any]:
+    return [latency["p50"], latency["p95"]]
 
 
 def telemetry_markdown(telemetry: dict[str, Any]) -> list[str]:
@@ -460,11 +485,13 @@ def telemetry_markdown(telemetry: dict[str, Any]) -> list[str]:
         "",
         f"Tracing ({telemetry['requests_per_setting']} `POST /talk` each way, same uploads, "
         "alternating):",
-        "",
-        "| tracing | p50 ms | p95 ms |",
-        "|---|---|---|",
-        f"| on | {telemetry['traced']['p50']} | {telemetry['traced']['p95']} |",
-        f"| off | {telemetry['not traced']['p50']} | {telemetry['not traced']['p95']} |",
+        *table(
+            ["tracing", "p50 ms", "p95 ms"],
+            [
+                ["on", *_p50_p95(telemetry["traced"])],
+                ["off", *_p50_p95(telemetry["not traced"])],
+            ],
+        ),
         "",
         f"Overhead: {telemetry['overhead_ms_p50']} ms p50 (ratio {telemetry['ratio_p50']}); "
         f"{telemetry['spans_per_turn']} spans per turn.",
@@ -513,28 +540,20 @@ def workbook_chart(workbook: dict[str, Any], path: Path) -> None:
 
 def end_to_end_markdown(end_to_end: dict[str, Any]) -> list[str]:
     providers = end_to_end["providers"]
-    lines = [
+    return [
         "",
         f"End to end ({end_to_end['requests']} requests per path, providers answering after "
         f"{providers['llm_delay_ms']:g} ms (chat) and {providers['tts_delay_ms']:g} ms "
         "(ElevenLabs)):",
-        "",
-        "| path | p50 ms | p95 ms |",
-        "|---|---|---|",
-    ]
-    for name, row in end_to_end["paths"].items():
-        lines.append(f"| {name} | {row['p50']} | {row['p95']} |")
-    lines += [
+        *table(
+            ["path", "p50 ms", "p95 ms"],
+            ([name, *_p50_p95(row)] for name, row in end_to_end["paths"].items()),
+        ),
         "",
         f"Added by the HTTP + Durable path (p50 against p50): {end_to_end['added_ms_p50']} ms; "
         f"status reads per request: {end_to_end['status_reads_per_request']}.",
-        "",
-        "| where the added time goes | p50 ms |",
-        "|---|---|",
+        *table(["where the added time goes", "p50 ms"], end_to_end["added_split_ms_p50"].items()),
     ]
-    for name, value in end_to_end["added_split_ms_p50"].items():
-        lines.append(f"| {name} | {value} |")
-    return lines
 
 
 def end_to_end_chart(end_to_end: dict[str, Any], path: Path) -> None:

@@ -310,16 +310,6 @@ class Settings:
             raise ConfigError(
                 "TELEMETRY_EXPORTER=azure needs APPLICATIONINSIGHTS_CONNECTION_STRING"
             )
-        for name in ("tts_daily_character_budget", "llm_daily_token_budget"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name.upper()} must be 0 or more")
-        if (self.tts_daily_character_budget or self.llm_daily_token_budget) and not (
-            self.storage_configured
-        ):
-            raise ConfigError(
-                "a daily budget is counted in Table Storage: set AzureWebJobsStorage (or its "
-                "identity-based settings)"
-            )
         if self.elevenlabs_max_in_flight < 1:
             raise ConfigError("ELEVENLABS_MAX_IN_FLIGHT must be at least 1")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
@@ -360,9 +350,18 @@ class Settings:
             "rate_limit_per_minute",
             "rate_limit_per_day",
             "rate_limit_per_address_per_minute",
+            "tts_daily_character_budget",
+            "llm_daily_token_budget",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must be 0 or more")
+        if (self.tts_daily_character_budget or self.llm_daily_token_budget) and not (
+            self.storage_configured
+        ):
+            raise ConfigError(
+                "a daily budget is counted in Table Storage: set AzureWebJobsStorage (or its "
+                "identity-based settings)"
+            )
         if self.audio_retention_days < 1:
             raise ConfigError("AUDIO_RETENTION_DAYS must be at least 1")
         if not 0 < self.talk_wait_seconds <= 230:

@@ -183,8 +183,7 @@ def generate(
             room=generator.room(settings.llm_max_tokens),
             size=generator.size,
         )
-        # The embedded model costs nothing: only a remote one spends the day's tokens.
-        budget = settings.llm_daily_token_budget if generator.name != "local" else 0
+        budget = settings.llm_daily_token_budget if generator.billed else 0
         if budget:
             budgets(settings).check(LLM_TOKENS, budget)
         tokens = 0
@@ -264,15 +263,14 @@ def _speak(
 ) -> tuple[SpeechSynthesizer, bytes]:
     """`text` spoken by `synthesizer`, or by the embedded voice (`TTS_FALLBACK=piper`) when
     the paid voice fails, is saturated, or has spent the day's budget."""
-    paid = synthesizer.name != "piper"
-    budget = settings.tts_daily_character_budget if paid else 0
+    budget = settings.tts_daily_character_budget if synthesizer.billed else 0
     try:
         if budget:
             budgets(settings).check(TTS_CHARACTERS, budget)
         mp3 = synthesizer.synthesize(text, voice=voice, language=language)
     except (ProviderError, MissingSecret, BudgetExhausted, StorageUnavailable) as error:
         # StorageUnavailable: the budget could not be read; the free voice needs none.
-        if settings.tts_fallback != "piper" or not paid:
+        if settings.tts_fallback != "piper" or not synthesizer.billed:
             raise
         log.warning(
             "[%s] TTS %s failed (%s): answering with the embedded voice",

@@ -9,9 +9,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dotenv
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
@@ -23,6 +23,9 @@ from shared.security.secrets import SecretStore, redact
 from shared.storage.conversations import validate_conversation_id
 from shared.telemetry.setup import configure_in_memory
 from shared.telemetry.tree import span_tree
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from talk.remote import ask_backend
 
 log = logging.getLogger("talk")
@@ -76,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         redact.install()
-        recorded = configure_in_memory()[0] if args.trace else None
-        if recorded is None:
+        if args.trace:
+            recorded = configure_in_memory()[0]
+        else:
             telemetry.configure(settings)
         if args.url:
             result = ask_backend(

@@ -66,10 +66,13 @@ class _Refused(Exception):
 
 
 def _call(
-    context: df.DurableOrchestrationContext, activity: str, job: dict[str, Any]
+    context: df.DurableOrchestrationContext,
+    activity: str,
+    job: dict[str, Any],
+    trace: str | None,
 ) -> Generator[Any, Any, dict[str, Any]]:
     # Each activity continues the trace of the request that started the orchestration.
-    if trace := context.get_input().get("trace"):
+    if trace:
         job = {**job, "trace": trace}
     result = yield context.call_activity_with_retry(activity, RETRY, job)
     if "error" in result:
@@ -78,13 +81,13 @@ def _call(
 
 
 def _save_turn(
-    context: df.DurableOrchestrationContext, job: dict[str, Any]
+    context: df.DurableOrchestrationContext, job: dict[str, Any], trace: str | None
 ) -> Generator[Any, Any, bool]:
     """Save the turn (retried as every activity is); a save that still fails does not
     throw away a reply already generated and spoken: the answer says the turn was not
     saved."""
     try:
-        saved = yield from _call(context, "save_turn", job)
+        saved = yield from _call(context, "save_turn", job, trace)
     except Exception:  # refused, or failed after its retries
         return False
     return bool(saved["saved"])
@@ -95,7 +98,7 @@ def talk_orchestrator(
     context: df.DurableOrchestrationContext,
 ) -> Generator[Any, Any, dict[str, Any]]:
     job: dict[str, Any] = context.get_input()
-    rid = job["request_id"]
+    rid, trace = job["request_id"], job.get("trace")
     started: datetime = context.current_utc_datetime
     try:
         heard = None
@@ -104,6 +107,7 @@ def talk_orchestrator(
                 context,
                 "transcribe",
                 {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
+                trace,
             )
         question = heard["text"] if heard else job["text"]
         language = heard["language"] if heard else job.get("language")
@@ -122,6 +126,7 @@ def talk_orchestrator(
                 "in_conversation": conversation is not None,
                 "language": language,
             },
+            trace,
         )
         speech = yield from _call(
             context,
@@ -134,6 +139,7 @@ def talk_orchestrator(
                 "voice": job.get("voice"),
                 "language": language,
             },
+            trace,
         )
         turn_saved = None
         if conversation:
@@ -151,6 +157,7 @@ def talk_orchestrator(
                     # this turn writes the same entity instead of a second copy.
                     "at": context.current_utc_datetime.isoformat(),
                 },
+                trace,
             )
     except _Refused as refused:
         return {"request_id": rid, "error": refused.error}

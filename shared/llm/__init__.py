@@ -28,6 +28,7 @@ class Completion:
 class ReplyGenerator(Protocol):
     name: str
     model: str
+    billed: bool  # each token costs money (and counts against the day's budget)
 
     def generate(
         self, messages: list[ChatMessage], *, max_tokens: int, temperature: float

@@ -31,6 +31,7 @@ _MESSAGE_OVERHEAD_TOKENS = 8
 
 class LlamaCppGenerator:
     name = "local"
+    billed = False
 
     def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
         self._llama, self._lock = loaded

@@ -15,6 +15,8 @@ CONTEXT_CHARS = 24_000
 
 
 class OpenAIChatGenerator:
+    billed = True  # a hosted model (a self-hosted one is counted too: leave its budget 0)
+
     def __init__(self, http: ProviderHttp, model: str) -> None:
         self.name = http.provider
         self._http = http

@@ -54,6 +54,7 @@ class Budgets:
         self._counters = Counters(table)
         self._clock = clock
         self._warned: dict[str, str] = {}  # budget name: the day it passed 80%
+        self._read: dict[str, tuple[str, int]] = {}  # budget name: (day, use) `check` read
 
     def check(self, name: str, limit: int) -> None:
         """BudgetExhausted when today's `name` has reached `limit` (0: no limit)."""
@@ -66,6 +67,7 @@ class Budgets:
             used = self._counters.total(_day(now), f"{name}.")
         except AzureError as error:
             raise unavailable("budgets", error) from None
+        self._read[name] = (_day(now), used)
         if used >= limit:
             metrics.budget_spent(name)
             retry_after = _seconds_to_midnight(now)
@@ -88,7 +90,7 @@ class Budgets:
             # not turned into a failure of a request that already succeeded.
             log.warning("Budget %s: %s not charged (%s)", name, amount, type(error).__name__)
             return
-        if self._warned.get(name) != day:
+        if self._warned.get(name) != day and self._may_pass_80_percent(day, name, limit, amount):
             try:
                 self._warn_at_80_percent(day, name, limit)
             except AzureError as error:
@@ -104,6 +106,13 @@ class Budgets:
             except CounterContended:
                 continue
         self._counters.add(day, f"{name}.{last}", amount)
+
+    def _may_pass_80_percent(self, day: str, name: str, limit: int, amount: int) -> bool:
+        # The use `check` read before the call, plus this charge, short of 80%: the total
+        # is not read again. Other instances' charges since then are missed until the next
+        # check here reads them: the warning can come one request late, never not at all.
+        read_day, read = self._read.get(name, ("", 0))
+        return read_day != day or read + amount >= WARN_AT * limit
 
     def _warn_at_80_percent(self, day: str, name: str, limit: int) -> None:
         total = self._counters.total(day, f"{name}.")

@@ -50,7 +50,6 @@ class Limit:
 
 class RateLimiter:
     def __init__(self, table: TableClient, *, clock: Callable[[], float] = time.time) -> None:
-        self._table = table
         self._counters = Counters(table)
         self._clock = clock
 
@@ -87,13 +86,13 @@ class RateLimiter:
         cutoff = self._clock() - older_than_s
         deleted = 0
         try:
-            entities = list(self._table.list_entities(select=["PartitionKey", "RowKey"]))
+            entities = list(self._counters.table.list_entities(select=["PartitionKey", "RowKey"]))
         except ResourceNotFoundError:
             return 0
         for entity in entities:
             window_s, _, window = entity["PartitionKey"].partition("-")
             if (int(window) + 1) * int(window_s) < cutoff:
-                self._table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                self._counters.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
                 deleted += 1
         return deleted
 

@@ -27,7 +27,6 @@ class CounterFull(Exception):
 
     def __init__(self, count: int) -> None:
         super().__init__(f"counter at {count}")
-        self.count = count
 
 
 class CounterContended(Exception):
@@ -37,14 +36,6 @@ class CounterContended(Exception):
 class Counters:
     def __init__(self, table: TableClient) -> None:
         self.table = table
-
-    def value(self, partition: str, row: str) -> int:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return int(self.table.get_entity(partition, row).get("count", 0))
-        except ResourceNotFoundError:  # nothing counted yet (or no table yet)
-            return 0
 
     def total(self, partition: str, prefix: str) -> int:
         """The sum of the counters in `partition` whose row starts with `prefix`."""

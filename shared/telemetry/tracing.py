@@ -88,7 +88,7 @@ def traced(
         try:
             yield annotated
         except BaseException as error:
-            annotated.fail(error.code if isinstance(error, TalkError) else "internal")
+            annotated.fail(_error_code(error))
             raise
 
 
@@ -102,7 +102,7 @@ def stage_span(stage: str, request_id: str) -> Iterator[Annotated]:
         with traced(f"talk.{stage}", stage=stage, request_id=request_id) as annotated:
             yield annotated
     except BaseException as error:
-        outcome = error.code if isinstance(error, TalkError) else "internal"
+        outcome = _error_code(error)
         raise
     finally:
         provider = annotated.provider if annotated else ""
@@ -140,3 +140,8 @@ def log_content(request_id: str, what: str, text: str) -> None:
     """Log what was said in a turn, only when `LOG_CONTENT=on`."""
     if _Content.allowed:
         log.info("[%s] %s: %s", request_id, what, text)
+
+
+def _error_code(error: BaseException) -> str:
+    """What a failure is called in spans and metrics: its code, never its message."""
+    return error.code if isinstance(error, TalkError) else "internal"

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 class SpeechSynthesizer(Protocol):
     name: str
+    billed: bool  # each character spoken costs money (and counts against the day's budget)
 
     def synthesize(self, text: str, *, voice: str | None, language: str | None = None) -> bytes:
         """MP3 bytes of `text`, in `language` (a code; None: as the text reads), spoken by

@@ -77,6 +77,7 @@ def is_voice_id(voice: str) -> bool:
 
 class ElevenLabsSynthesizer:
     name = "elevenlabs"
+    billed = True
 
     def __init__(
         self,
@@ -88,12 +89,12 @@ class ElevenLabsSynthesizer:
         voices: dict[str, str],
         stability: float,
         similarity_boost: float,
+        slots: threading.BoundedSemaphore,
+        slot_wait_s: float,
         allow_voice_ids: bool = False,
-        slots: threading.BoundedSemaphore | None = None,
-        slot_wait_s: float = 10.0,
     ) -> None:
         self._http = http
-        self._slots = slots or threading.BoundedSemaphore(1)
+        self._slots = slots
         self._slot_wait_s = slot_wait_s
         self._model = model
         self._output_format = output_format

@@ -25,6 +25,7 @@ _PAUSES = frozenset(",;:\u2014\u2013")  # dashes too
 
 class PiperSynthesizer:
     name = "piper"
+    billed = False
 
     def __init__(self, loaded: tuple[PiperVoice, threading.Lock, str], bitrate_kbps: int) -> None:
         self._voice, self._lock, self._model_name = loaded

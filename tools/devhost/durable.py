@@ -178,8 +178,7 @@ class LocalDurableHost:
         parts = request.path.strip("/").split("/")
         if request.method == "POST" and "orchestrators" in parts:
             name, instance_id = parts[parts.index("orchestrators") + 1 :][:2]
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            self._start(name, instance_id, request.body, headers.get("traceparent"))
+            self._start(name, instance_id, request.body, request.headers.get("traceparent"))
             return Reply.json(202, {"id": instance_id})
         if "instances" not in parts:
             return Reply.json(404, {"error": "not implemented by the local host"})
