@@ -419,7 +419,7 @@ def test_the_workbook_and_alerts_query_what_the_code_emits() -> None:
     # The tables Application Insights fills from what the app sends: server spans go to
     # `requests`, the others to `dependencies`, metrics to `customMetrics`.
     alert_queries = re.findall(r"^\s*query: '(.+)'$", ALERTS.read_text(), re.MULTILINE)
-    assert len(alert_queries) == 4
+    assert len(alert_queries) == 5
     for query in queries + alert_queries:
         tables = set(re.findall(r"(?:^|\(|union\s)\s*([A-Za-z]+)\s*\|", query))
         assert tables and tables <= {"requests", "dependencies", "customMetrics"}, query

@@ -64,6 +64,15 @@ var rules = [
     threshold: 0
   }
   {
+    // One address with the shipped function key can spend a day's budget for everyone.
+    name: 'budget-spent'
+    description: 'A daily spending budget is spent: until midnight UTC speech comes from the embedded voice, or /talk answers 503.'
+    severity: 2
+    query: 'customMetrics | where name == "talk.budget.spent" | summarize spent = sum(valueSum)'
+    measure: 'spent'
+    threshold: 0
+  }
+  {
     name: 'vault-or-storage-failures'
     description: 'Key Vault or Storage refused the app (401/403) or failed (5xx, no answer) in 15 minutes.'
     severity: 1
