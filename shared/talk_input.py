@@ -13,12 +13,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from shared.config import Settings
 from shared.errors import AudioTooLarge, BadInput, NoInput, TextTooLong
+from shared.multipart import (
+    HeadersTooLarge,
+    Part,
+    PartsTooLarge,
+    TooManyParts,
+    parse_multipart,
+)
 from shared.storage.conversations import validate_conversation_id
 from shared.stt import is_known_language
 from shared.tts.elevenlabs import is_voice_id
@@ -59,8 +65,8 @@ _CONTENT_TYPE_EXTENSIONS = {
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 _FIELDS = ("text", "prompt", "voice", "language", "system_prompt", "conversation_id")
 MAX_FIELD_CHARS = 200  # voice, language: short names
-# Room for the multipart framing and text fields around the largest allowed audio.
-_FRAMING_BYTES = 64 * 1024
+MAX_FORM_PARTS = 16
+MAX_BOUNDARY_CHARS = 200
 
 
 class UnsupportedMediaType(BadInput):
@@ -89,6 +95,12 @@ class TalkInput:
         }
 
 
+def body_limit(settings: Settings) -> int:
+    """The largest body: the largest audio, text fields up to their limit and as much
+    again for the framing (what infra/main.bicep gives the host as its limit too)."""
+    return settings.max_audio_bytes + 2 * settings.max_text_body_bytes
+
+
 def parse_talk_input(
     content_type: str | None,
     body: bytes,
@@ -101,7 +113,7 @@ def parse_talk_input(
     """
     mimetype, options = parse_options_header(content_type or "")
     mimetype = mimetype.lower()
-    if len(body) > settings.max_audio_bytes + _FRAMING_BYTES:
+    if len(body) > body_limit(settings):
         raise AudioTooLarge(
             f"request is {len(body)} bytes; the audio limit is {settings.max_audio_bytes} bytes"
         )
@@ -134,34 +146,52 @@ def parse_talk_input(
 def _parse_form(
     mimetype: str, options: dict[str, str], body: bytes, settings: Settings
 ) -> tuple[dict[str, Any], bytes | None, str]:
-    limit = settings.max_audio_bytes + _FRAMING_BYTES
-    parser = FormDataParser(
-        # The text fields together (everything but the audio file) are text-sized.
-        max_form_memory_size=settings.max_text_body_bytes,
-        max_content_length=limit,
-        max_form_parts=16,
-        silent=False,
-    )
+    if mimetype == "application/x-www-form-urlencoded":  # text only, capped by the caller
+        _, form, _ = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
+        return {name: form.get(name) for name in _FIELDS if name in form}, None, ""
+    boundary = options.get("boundary", "")
+    # RFC 2046 allows 70 characters; some hand-built bodies use more.
+    if not (0 < len(boundary) <= MAX_BOUNDARY_CHARS and boundary.isascii()):
+        raise BadInput("the form body is malformed")
     try:
-        _, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
-    except ValueError:
-        raise BadInput("the form body is malformed") from None
-    except RequestEntityTooLarge:
+        parts = parse_multipart(
+            body,
+            boundary,
+            large_part="audio",
+            large_limit=settings.max_audio_bytes,
+            others_limit=settings.max_text_body_bytes,
+            max_parts=MAX_FORM_PARTS,
+        )
+    except PartsTooLarge as error:
+        if error.large:
+            raise AudioTooLarge(
+                f"audio is over the limit of {settings.max_audio_bytes} bytes"
+            ) from None
         raise TextTooLong(
             f"the form's text fields are over the limit of {settings.max_text_body_bytes} bytes"
         ) from None
-    except HTTPException as error:  # werkzeug's other refusals, e.g. too many parts
-        raise BadInput(f"the form is not acceptable: {error.description}") from None
-    if len(files.getlist("audio")) > 1:
+    except TooManyParts:
+        raise BadInput(f"the form has more than {MAX_FORM_PARTS} parts") from None
+    except HeadersTooLarge:
+        raise BadInput("a part of the form has headers too long to be real") from None
+    except ValueError:
+        raise BadInput("the form body is malformed") from None
+    uploads = [part for part in parts if part.name == "audio"]
+    if len(uploads) > 1:
         raise BadInput("send one audio part, not several")
-    fields = {name: form.get(name) for name in _FIELDS if name in form}
-    upload = files.get("audio")
-    if upload is None:
-        if "audio" in form:  # an `audio` field that is not a file: a common client mistake
-            raise BadInput("the audio part must be a file (with a filename)")
+    fields = {part.name: part.text() for part in parts if part.name in _FIELDS}
+    if not uploads:
         return fields, None, ""
-    audio = upload.read(settings.max_audio_bytes + 1)
-    return fields, audio, _extension(upload.filename, upload.mimetype)
+    [upload] = uploads
+    if not _is_file(upload):  # an `audio` text field: a common client mistake
+        raise BadInput("the audio part must be a file (with a filename)")
+    return fields, upload.data, _extension(upload.filename, upload.content_type)
+
+
+def _is_file(part: Part) -> bool:
+    """A part with a file name, or (Ktor, hand-built bodies) a type that is not text."""
+    mimetype = parse_options_header(part.content_type or "")[0].lower()
+    return part.filename is not None or not (mimetype == "" or mimetype.startswith("text/"))
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

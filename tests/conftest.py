@@ -69,6 +69,41 @@ def phone_upload(text: str, extension: str) -> bytes:
     return encode(pcm, rate, extension)
 
 
+# A long question, as someone thinking aloud asks it: about 70 s of varied speech.
+MONOLOGUE = (
+    "I have been thinking about my week and I would like some advice.",
+    "On Monday I started a new job at a small bakery near the harbour.",
+    "The mornings begin at five, so I go to bed much earlier than I used to.",
+    "My sister says I should walk to work, because the bus is often late.",
+    "It takes about forty minutes on foot, and the road follows the sea.",
+    "On Wednesday it rained the whole day and my shoes were soaked.",
+    "I bought a warm coat on Thursday, but it was more expensive than I planned.",
+    "My neighbour offered to lend me her bicycle for the rest of the month.",
+    "I am not sure whether cycling in the dark is a good idea in winter.",
+    "There is also a gym next to the bakery with early opening hours.",
+    "Some friends want me to join their choir on Saturday evenings.",
+    "I love singing, although I have not done it since school.",
+    "On the other hand I need time to rest and to call my parents.",
+    "They live three hours away by train, in a village with one shop.",
+    "My mother grows tomatoes and my father repairs old radios for fun.",
+    "Last time I visited, we spent the whole afternoon fixing a clock.",
+    "So what would you suggest I do first, and how should I plan my weekends?",
+)
+
+
+@functools.cache
+def app_recording(seconds: float, index_first: bool = False) -> bytes:
+    """`seconds` of speech recorded as the Android app records it: AAC at 16 kHz and
+    96 kbit/s in MPEG-4, the index after the audio or (`index_first`) before it."""
+    spoken_lines = [spoken(line) for line in MONOLOGUE]
+    rate = spoken_lines[0][1]
+    pause = np.zeros(rate // 2, dtype=np.int16)
+    monologue = np.concatenate([part for pcm, _ in spoken_lines for part in (pcm, pause)])
+    repeats = int(np.ceil(seconds * rate / len(monologue)))
+    speech = np.tile(monologue, repeats)[: int(seconds * rate)]
+    return encode(speech, rate, "m4a", index_first=index_first)
+
+
 def cli_environment(**extra: str) -> dict[str, str]:
     """This process's environment without provider keys, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_NAMES}

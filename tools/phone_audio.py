@@ -8,7 +8,9 @@ pick from storage (MP3, FLAC, WAV at CD rate in stereo).
 from __future__ import annotations
 
 import io
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
@@ -41,12 +43,29 @@ PHONE_FORMATS: dict[str, PhoneFormat] = {
 }
 
 
-def encode(pcm: np.ndarray, rate: int, extension: str) -> bytes:
-    """Encode mono int16 `pcm` sampled at `rate` as a phone upload of type `extension`."""
+def encode(pcm: np.ndarray, rate: int, extension: str, *, index_first: bool = False) -> bytes:
+    """Encode mono int16 `pcm` sampled at `rate` as a phone upload of type `extension`.
+
+    An MPEG-4 file has its index (`moov`) after the audio, as a recorder that stops
+    writes it, or with `index_first` before it, as Android's MediaRecorder does when the
+    space it reserved at the start is enough and as "fast start" files have it.
+    """
+    if index_first:  # the muxer moves the index in a second pass, over a real file
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"upload.{extension}"
+            _encode(pcm, rate, extension, str(path), {"movflags": "faststart"})
+            return path.read_bytes()
+    output = io.BytesIO()
+    _encode(pcm, rate, extension, output, {})
+    return output.getvalue()
+
+
+def _encode(
+    pcm: np.ndarray, rate: int, extension: str, output: str | io.BytesIO, options: dict[str, str]
+) -> None:
     fmt = PHONE_FORMATS[extension]
     layout = "stereo" if fmt.channels == 2 else "mono"
-    output = io.BytesIO()
-    with av.open(output, mode="w", format=fmt.container) as container:
+    with av.open(output, mode="w", format=fmt.container, options=options) as container:
         stream = container.add_stream(fmt.codec, rate=fmt.rate, layout=layout)
         if fmt.bit_rate:
             stream.bit_rate = fmt.bit_rate
@@ -64,7 +83,6 @@ def encode(pcm: np.ndarray, rate: int, extension: str) -> bytes:
             written += converted.samples
             container.mux(stream.encode(converted))
         container.mux(stream.encode(None))
-    return output.getvalue()
 
 
 def speak(text: str) -> tuple[np.ndarray, int]:
