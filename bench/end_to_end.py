@@ -94,9 +94,12 @@ def stand_in_providers(job: dict[str, Any], **settings: str) -> Iterator[None]:
                 "TTS_PROVIDER": "elevenlabs",
                 "ELEVENLABS_BASE_URL": speech.url,
                 "ELEVENLABS_API_KEY": "sk_bench_0123456789abcdef",
-                # Every request takes the whole path: nothing is answered from the cache.
+                # Every request takes the whole path: nothing is answered from the cache,
+                # and the same upload sent again is a new turn, not a duplicate (what that
+                # check costs is in request_checks).
                 "LLM_CACHE": "off",
                 "TTS_CACHE": "off",
+                "DUPLICATE_WINDOW_SECONDS": "0",
                 "RATE_LIMIT_PER_ADDRESS_PER_MINUTE": "1000000",
                 **settings,
             }

@@ -236,7 +236,7 @@ param llmModel string = ''
 @description('VOICE_ID: default ElevenLabs voice id.')
 param voiceId string = 'EXAVITQu4vr4xnSDxMaL'
 
-@description('VOICES: persona names to ElevenLabs voice ids, e.g. Kim=<id>,Milla=<id>; empty for none.')
+@description('VOICES: persona names to ElevenLabs voice ids, e.g. Kim=<id>,Milla=<id>; empty keeps the app default (the Android app\'s Kim, Milla, John and Lily as ElevenLabs default voices).')
 param voices string = ''
 
 @description('SYSTEM_PROMPT: system prompt for the reply; empty leaves the app\'s built-in prompt (the setting is then not written at all).')
@@ -555,6 +555,7 @@ var appSettings = {
   SECRET_TTL_SECONDS: '300'
   TALK_CONTAINER: talkContainerName
   TALK_WAIT_SECONDS: '60'
+  DUPLICATE_WINDOW_SECONDS: '120'
   SYSTEM_PROMPT: systemPrompt
   LOG_LEVEL: 'INFO'
   CONVERSATION_TURNS: '6'

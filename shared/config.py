@@ -113,7 +113,13 @@ class Settings:
     elevenlabs_similarity_boost: float = _setting(0.8, "ElevenLabs similarity boost (0 to 1).")
     voice_id: str = _setting("EXAVITQu4vr4xnSDxMaL", "Default ElevenLabs voice id.")
     voices: str = _setting(
-        "", "Persona names to ElevenLabs voice ids: `Kim=<id>,Milla=<id>,John=<id>,Lily=<id>`."
+        # The Android app's personas, as ElevenLabs default voices of fitting gender (Kim is
+        # a man's name in Finland): George, Matilda, Eric and Lily, from ElevenLabs' list of
+        # default voices (docs/configuration.md names the source).
+        "Kim=JBFqnCBsd6RMkjVDRZzb,Milla=XrExE9yKIg1WjnnlVkGX,"
+        "John=cjVigY5qzO86Huf0OWal,Lily=pFZP5JQG7iQjIQuC4Bku",
+        "Persona names to ElevenLabs voice ids, `Name=<id>,...`; the default maps the app's "
+        "`Kim`, `Milla`, `John` and `Lily`.",
     )
     http_connect_timeout_seconds: float = _setting(5.0, "Connect timeout for providers.")
     http_timeout_seconds: float = _setting(30.0, "Read timeout for one provider call.")
@@ -137,7 +143,16 @@ class Settings:
     )
     cache_ttl_hours: float = _setting(168.0, "How long a cached entry is used.")
     talk_wait_seconds: float = _setting(
-        60.0, "How long `POST /talk` waits for the reply before answering 202."
+        # Below the Android app's 90 s read timeout with room for a cold start, and far
+        # below the 230 s at which Azure's front end cuts a request.
+        60.0,
+        "How long `POST /talk` waits for the reply before answering `504 reply_pending` "
+        "(`202` for a client that sends `Prefer: respond-async`).",
+    )
+    duplicate_window_seconds: float = _setting(
+        120.0,
+        "A `POST /talk` with the same body from the same caller while the first is answered "
+        "or this long after gets the first one's answer (the app's retry); 0 turns it off.",
     )
     storage_connection: str = _setting(
         "", "Storage connection string (Azurite locally).", env="AzureWebJobsStorage"
@@ -364,6 +379,8 @@ class Settings:
             )
         if self.audio_retention_days < 1:
             raise ConfigError("AUDIO_RETENTION_DAYS must be at least 1")
+        if not 0 <= self.duplicate_window_seconds <= 86_400:
+            raise ConfigError("DUPLICATE_WINDOW_SECONDS must be between 0 and 86400")
         if not 0 < self.talk_wait_seconds <= 230:
             # Azure's load balancer cuts HTTP requests at 230 s.
             raise ConfigError("TALK_WAIT_SECONDS must be more than 0 and at most 230")

@@ -13,7 +13,8 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
@@ -36,6 +37,7 @@ from shared.storage.idempotency import (
     Claim,
     IdempotencyKeyReused,
     IdempotencyRecords,
+    duplicate_key,
     fingerprint,
     validate_key,
 )
@@ -44,11 +46,14 @@ from shared.telemetry import current_trace, traced
 from shared.telemetry.metrics import request_answered
 from talk.orchestration import ORCHESTRATOR
 from talk.responses import (
+    Preference,
     error_code,
     error_response,
     json_errors,
     pending_response,
+    preference,
     preferred_format,
+    reply_pending_response,
     reply_response,
 )
 
@@ -84,6 +89,17 @@ class Phases:
         now = time.perf_counter()
         self.durations[name] = round((now - self._last) * 1000, 1)
         self._last = now
+
+
+@dataclass(frozen=True)
+class Answering:
+    """How to answer: the format the client accepts, what it prefers (`202` or waiting),
+    and for `POST /talk` when it started and its phases."""
+
+    response_format: str
+    preference: Preference
+    started: float | None = None
+    phases: Phases | None = None
 
 
 class RequestIdCollision(TalkError):
@@ -140,6 +156,7 @@ async def _accept_and_answer(
     response_format = preferred_format(req.headers.get("Accept"))
     if response_format is None:
         return error_response(406, NOT_ACCEPTABLE, rid, "not_acceptable")
+    answer = Answering(response_format, preference(req.headers, req.params), started, phases)
     claim: Claim | None = None
     try:
         settings = get_settings()
@@ -161,22 +178,30 @@ async def _accept_and_answer(
             open_conversation, caller.owner, talk_input.conversation_id, settings
         )
         store = blob_store(settings)
-        if key:
-            records = IdempotencyRecords(store)
+        records = IdempotencyRecords(store)
+        # Without a key of the client's, the same body from the same caller is a retry for
+        # a while: the Android app sends a request that timed out again, as it was.
+        window = None if key else settings.duplicate_window_seconds
+        if key or window:
             print_ = await asyncio.to_thread(fingerprint, talk_input.audio, talk_input.fields())
+            key = key or duplicate_key(caller.retry_scope, print_)
             claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
             if not claim.mine:
                 if claim.fingerprint != print_:
                     raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
-                claim = await _settle_claim(client, records, caller, key, claim, rid)
+                claim = await _settle_claim(client, records, caller, key, claim, rid, window)
                 if not claim.mine:
                     first = claim.request_id
                     log.info(
-                        "[%s] /talk retried with its Idempotency-Key: answering %s", rid, first
+                        "[%s] /talk %s: answering %s",
+                        rid,
+                        "sent again within DUPLICATE_WINDOW_SECONDS"
+                        if window
+                        else "retried with its Idempotency-Key",
+                        first,
                     )
-                    return await _wait_and_answer(
-                        client, first, response_format, started, settings, phases
-                    )
+                    phases.mark("accept")
+                    return await _wait_and_answer(client, first, answer, settings)
         prefix = request_prefix(caller.owner, conversation.id if conversation else None, rid)
         job: dict[str, Any] = {
             "request_id": rid,
@@ -207,9 +232,8 @@ async def _accept_and_answer(
                 current = await asyncio.to_thread(records.current, caller.owner, key)
                 if current is not None:
                     log.info("[%s] /talk overtaken by its retry %s", rid, current.request_id)
-                    return await _wait_and_answer(
-                        client, current.request_id, response_format, started, settings, phases
-                    )
+                    phases.mark("accept")
+                    return await _wait_and_answer(client, current.request_id, answer, settings)
             claim = confirmed
     except TalkError as error:
         if claim is not None and claim.mine:  # nothing started: a retry starts afresh
@@ -229,7 +253,7 @@ async def _accept_and_answer(
             await _release(settings, caller, key, claim)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     phases.mark("start")
-    return await _wait_and_answer(client, rid, response_format, started, settings, phases)
+    return await _wait_and_answer(client, rid, answer, settings)
 
 
 async def _store_request(
@@ -268,10 +292,12 @@ async def _settle_claim(
     key: str,
     claim: Claim,
     rid: str,
+    window: float | None,
 ) -> Claim:
     """The claim a retry follows: the first attempt's (answer its request), or this
     retry's own (`mine`, as `rid`) when the first never started its orchestration or failed
-    for a transient reason, which a retry may fix, so its answer is not replayed."""
+    for a transient reason, which a retry may fix, so its answer is not replayed; or, for
+    a duplicate without a key, when the first was answered more than `window` s ago."""
     while True:
         try:
             status = await client.get_status(claim.request_id)
@@ -279,7 +305,7 @@ async def _settle_claim(
             log.error("[%s] status unavailable: %s", rid, type(error).__name__)
             raise StorageUnavailable("processing is unavailable, retry shortly") from None
         exists = status is not None and status.runtime_status is not None
-        if exists and not _failed_transiently(status):
+        if exists and not _failed_transiently(status) and not _answered_before(status, window):
             return claim
         if not exists and time.time() - claim.claimed_at < CLAIM_GRACE_S:
             await asyncio.sleep(0.25)  # the first attempt may still be starting it
@@ -294,6 +320,14 @@ async def _settle_claim(
             return claim
 
 
+def _answered_before(status: df.DurableOrchestrationStatus, window: float | None) -> bool:
+    """Whether the request ended more than `window` seconds ago (never, without one)."""
+    ended = status.last_updated_time
+    if window is None or status.runtime_status not in _DONE or ended is None:
+        return False
+    return (datetime.now(UTC) - ended).total_seconds() > window
+
+
 def _failed_transiently(status: df.DurableOrchestrationStatus) -> bool:
     if status.runtime_status not in _DONE:
         return False
@@ -304,20 +338,17 @@ def _failed_transiently(status: df.DurableOrchestrationStatus) -> bool:
 
 
 async def _wait_and_answer(
-    client: df.DurableOrchestrationClient,
-    rid: str,
-    response_format: str,
-    started: float,
-    settings: Settings,
-    phases: Phases,
+    client: df.DurableOrchestrationClient, rid: str, answer: Answering, settings: Settings
 ) -> func.HttpResponse:
+    asked = answer.preference.wait_s
+    wait_s = settings.talk_wait_seconds if asked is None else min(asked, settings.talk_wait_seconds)
     try:
-        status = await _wait_for_completion(client, rid, started + settings.talk_wait_seconds)
+        status = await _wait_for_completion(client, rid, answer.started + wait_s)
     except Exception as error:  # the Durable extension itself did not answer
         log.error("[%s] status unavailable: %s", rid, type(error).__name__)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
-    phases.mark("wait")
-    return await _answer(status, rid, response_format, started, phases)
+    answer.phases.mark("wait")
+    return await _answer(status, rid, answer)
 
 
 @bp.route(route="talk/{request_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -343,7 +374,8 @@ async def talk_result(
             raise NotFound("unknown request id")
     except TalkError as error:
         return refused(error, rid if _REQUEST_ID.match(rid) else None)
-    return await _answer(status, rid, response_format, None)
+    # Whoever polls for a reply is waiting for it asynchronously already.
+    return await _answer(status, rid, Answering(response_format, Preference(True)))
 
 
 def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> bool:
@@ -374,15 +406,15 @@ async def _wait_for_completion(
 
 
 async def _answer(
-    status: df.DurableOrchestrationStatus,
-    rid: str,
-    response_format: str,
-    started: float | None,
-    phases: Phases | None = None,
+    status: df.DurableOrchestrationStatus, rid: str, answer: Answering
 ) -> func.HttpResponse:
     if status.runtime_status not in _DONE:
-        log.info("[%s] /talk still running: answering 202", rid)
-        return pending_response(rid)
+        if answer.preference.respond_async:
+            log.info("[%s] /talk still running: answering 202", rid)
+            return pending_response(rid)
+        # Any 2xx is the reply to the Android app: it would play an empty answer.
+        log.warning("[%s] /talk not answered in time: answering 504, reply to follow", rid)
+        return reply_pending_response(rid)
     output = (
         status.output if status.runtime_status is df.OrchestrationRuntimeStatus.Completed else None
     )
@@ -402,12 +434,13 @@ async def _answer(
     if stored is None:  # deleted by the retention rule: it will not come back
         return error_response(410, "the reply has expired", rid, "expired")
     mp3 = stored.data
-    if started is not None:
+    if answer.started is not None:
         # What the caller waited, which is what the app feels.
-        output["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000)
-    if phases is not None:
-        phases.mark("read")
-    return reply_response(output, mp3, response_format, phases.durations if phases else None)
+        output["timings_ms"]["total"] = round((time.perf_counter() - answer.started) * 1000)
+    if answer.phases is not None:
+        answer.phases.mark("read")
+    phases = answer.phases.durations if answer.phases else None
+    return reply_response(output, mp3, answer.response_format, phases)
 
 
 @bp.route(

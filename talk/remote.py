@@ -1,4 +1,5 @@
-"""`python -m talk --url`: ask a deployed backend, exactly as the Android app does."""
+"""`python -m talk --url`: ask a deployed backend as the Android app does, and follow a
+`202` (it asks for one with `Prefer: respond-async`) to the reply."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def ask_backend(
     conversation_id: str | None = None,
 ) -> TalkResult:
     base = url.rstrip("/")
-    headers = {"Accept": "application/json"}
+    # A slow reply is a 202 to follow, not the 504 that clients which cannot follow get.
+    headers = {"Accept": "application/json", "Prefer": "respond-async"}
     if key:
         headers["x-functions-key"] = key
     given = {"voice": voice, "language": language, "conversation_id": conversation_id}

@@ -6,7 +6,8 @@ import base64
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,31 @@ log = logging.getLogger("talk")
 JSON = "application/json"
 MP3 = "audio/mpeg"
 POLL_AFTER_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class Preference:
+    """What a client prefers while its reply is made (RFC 7240 `Prefer`): `respond_async`,
+    a `202` with where to collect the reply rather than an error when it takes long, and
+    `wait_s`, how long to wait for it before that."""
+
+    respond_async: bool
+    wait_s: float | None = None
+
+
+def preference(headers: Mapping[str, str], params: Mapping[str, str]) -> Preference:
+    """`Prefer: respond-async[, wait=N]`, or `?async=1` for clients that cannot set
+    headers. Preferences are hints: anything unreadable in them is ignored."""
+    respond_async = params.get("async", "").lower() in ("1", "true")
+    wait_s = None
+    for item in (headers.get("prefer") or "").split(","):
+        name, _, value = item.split(";")[0].strip().partition("=")
+        name, value = name.strip().lower(), value.strip().strip('"')
+        if name == "respond-async":
+            respond_async = True
+        elif name == "wait" and value.isdigit():
+            wait_s = float(value)
+    return Preference(respond_async, wait_s)
 
 
 def preferred_format(accept: str | None) -> str | None:
@@ -89,6 +115,19 @@ def pending_response(request_id: str) -> func.HttpResponse:
             "Retry-After": str(POLL_AFTER_SECONDS),
             "X-Request-Id": request_id,
         },
+    )
+
+
+def reply_pending_response(request_id: str) -> func.HttpResponse:
+    """The reply is late, for a client that did not ask for `202`: an error status the
+    Android app shows (it plays any 2xx), and where the reply will be."""
+    location = f"/talk/{request_id}"
+    return error_response(
+        504,
+        f"the reply is taking longer than usual; it will be at GET {location}",
+        request_id,
+        "reply_pending",
+        {"Location": location, "Retry-After": str(POLL_AFTER_SECONDS)},
     )
 
 

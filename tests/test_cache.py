@@ -144,7 +144,9 @@ def test_talk_reports_the_cache_hit(app_settings, host) -> None:
 
     reset_app_caches()
     first = post(host, b'{"text": "Say thank you."}', "application/json")
-    second = post(host, b'{"text": "Say thank you."}', "application/json")
+    # From another phone: the same body from the first one would be its retry.
+    other_phone = {"X-Forwarded-For": "203.0.113.9:40000"}
+    second = post(host, b'{"text": "Say thank you."}', "application/json", **other_phone)
     assert first.status_code == second.status_code == 200
     assert body_of(first)["cache"] == []
     answer = body_of(second)

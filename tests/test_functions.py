@@ -55,10 +55,20 @@ ANSWER_KEYS = {
 }
 
 
-def post(host: LocalDurableHost, body: bytes, content_type: str | None, **headers: str):
+def post(
+    host: LocalDurableHost,
+    body: bytes,
+    content_type: str | None,
+    params: dict[str, str] | None = None,
+    **headers: str,
+):
     all_headers = {**({"Content-Type": content_type} if content_type else {}), **headers}
     request = func.HttpRequest(
-        method="POST", url="http://localhost/talk", headers=all_headers, params={}, body=body
+        method="POST",
+        url="http://localhost/talk",
+        headers=all_headers,
+        params=params or {},
+        body=body,
     )
     return run_async(TALK_START(req=request, client=host.client_binding()))
 
@@ -353,19 +363,37 @@ def test_a_429_storm_costs_at_most_three_provider_calls_per_stage(app_settings, 
     assert host.activity_calls == ["generate"]
 
 
-def test_a_slow_answer_is_202_then_collected(app_settings, host) -> None:
+def collect(host: LocalDurableHost, rid: str) -> func.HttpResponse:
+    """`GET /talk/{id}` until the reply is there, as a client told where it will be does."""
+    deadline = time.monotonic() + 60
+    while (result := get_result(host, rid)).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [
+        ({"Prefer": "respond-async"}, {}),
+        ({"Prefer": "wait=1, Respond-Async"}, {}),
+        ({}, {"async": "1"}),
+    ],
+    ids=["prefer", "prefer-with-wait", "query"],
+)
+def test_a_slow_answer_is_202_for_a_client_that_asks_for_it(
+    app_settings, host, headers: dict[str, str], params: dict[str, str]
+) -> None:
     app_settings.setenv("TALK_WAIT_SECONDS", "0.01")
     reset_app_caches()
-    response = post(host, b'{"text": "What should I cook tonight?"}', "application/json")
+    body = b'{"text": "What should I cook tonight?"}'
+    response = post(host, body, "application/json", params, **headers)
     assert response.status_code == 202
     rid = body_of(response)["request_id"]
     assert response.headers["Location"] == f"/talk/{rid}"
     assert int(response.headers["Retry-After"]) > 0
 
-    deadline = time.monotonic() + 60
-    while (result := get_result(host, rid)).status_code == 202:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    result = collect(host, rid)
     assert result.status_code == 200, result.get_body()
     answer = body_of(result)
     assert set(answer) == ANSWER_KEYS
@@ -373,6 +401,37 @@ def test_a_slow_answer_is_202_then_collected(app_settings, host) -> None:
     assert get_result(host, rid, Accept="audio/mpeg").get_body() == base64.b64decode(
         answer["audio_base64"]
     )
+
+
+def test_a_slow_answer_is_an_error_the_app_shows_then_collected(app_settings, host, caplog):
+    """The Android app plays any 2xx: without `Prefer: respond-async` a late reply is a
+    504 it shows as "Backend error (504)", and the reply is still made and kept."""
+    app_settings.setenv("TALK_WAIT_SECONDS", "0.01")
+    reset_app_caches()
+    with caplog.at_level(logging.INFO, logger="talk"):
+        response = post(host, b'{"text": "What should I cook tonight?"}', "application/json")
+    assert response.status_code == 504
+    error = body_of(response)
+    assert error["code"] == "reply_pending"
+    rid = error["request_id"]
+    assert response.headers["Location"] == f"/talk/{rid}"
+    assert f"GET /talk/{rid}" in error["error"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert "not answered in time: answering 504" in caplog.text
+
+    result = collect(host, rid)
+    assert result.status_code == 200, result.get_body()
+    assert body_of(result)["request_id"] == rid
+
+
+def test_a_prefer_wait_shorter_than_talk_wait_seconds_is_honoured(app_settings, host) -> None:
+    started = time.monotonic()
+    response = post(
+        host, b'{"text": "Tell me a story."}', "application/json", Prefer="respond-async, wait=0"
+    )
+    assert response.status_code == 202
+    assert time.monotonic() - started < 2  # not TALK_WAIT_SECONDS (60)
+    assert collect(host, body_of(response)["request_id"]).status_code == 200
 
 
 @pytest.mark.parametrize("request_id", ["deadbeef" * 4, "../../x", "DEADBEEF" * 4, "0" * 40])

@@ -76,7 +76,7 @@ def test_the_unchanged_android_contract_still_works(app_settings, host) -> None:
 
 
 def test_request_ids_are_128_random_bits(chat, host) -> None:
-    ids = {body_of(post(host, b'{"text": "Hi"}', JSON))["request_id"] for _ in range(3)}
+    ids = {body_of(post(host, b'{"text": "Hi %d"}' % i, JSON))["request_id"] for i in range(3)}
     assert len(ids) == 3
     assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
 
@@ -284,9 +284,9 @@ def test_the_rate_limit_answers_429_before_anything_is_stored(chat, issuer, host
     app_settings.setenv("RATE_LIMIT_PER_MINUTE", "2")
     reset_app_caches()
     alice = bearer(issuer, "alice")
-    for _ in range(2):
-        assert post(host, b'{"text": "Hi"}', JSON, **alice).status_code == 200
-    limited = post(host, b'{"text": "Hi"}', JSON, **alice)
+    for question in (b'{"text": "Hi"}', b'{"text": "Hello"}'):
+        assert post(host, question, JSON, **alice).status_code == 200
+    limited = post(host, b'{"text": "Hey"}', JSON, **alice)
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) == 31  # the rest of the minute
     assert body_of(limited)["code"] == "rate_limited"

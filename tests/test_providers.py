@@ -229,6 +229,32 @@ def test_persona_names_map_to_voice_ids(
     assert ("Unknown voice" in caplog.text) == (voice_id == "EXAVITQu4vr4xnSDxMaL" and bool(voice))
 
 
+def test_the_apps_personas_have_voices_of_their_own_by_default(eleven: StubServer) -> None:
+    """Kim (a man's name in Finland), Milla, John and Lily: ElevenLabs default voices."""
+    settings = cloud_settings(eleven=eleven)
+    for persona in ("Kim", "Milla", "John", "Lily"):
+        synthesize(
+            "Hi.",
+            request_id="t",
+            settings=settings,
+            voice=persona,
+            secrets=secret_store(ELEVENLABS_API_KEY=XI_KEY),
+        )
+    spoken_by = [request.path.rsplit("/", 1)[1] for request in eleven.requests]
+    assert spoken_by == [
+        "JBFqnCBsd6RMkjVDRZzb",  # George, male
+        "XrExE9yKIg1WjnnlVkGX",  # Matilda, female
+        "cjVigY5qzO86Huf0OWal",  # Eric, male
+        "pFZP5JQG7iQjIQuC4Bku",  # Lily, female
+    ]
+
+
+def test_the_embedded_voice_says_it_has_one_voice(settings: Settings, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    synthesize("Hi.", request_id="t", settings=settings, voice="Milla")
+    assert "Voice 'Milla' asked for: the embedded voice has one voice" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("script", "status", "says", "calls"),
     [

@@ -111,7 +111,10 @@ def test_32_concurrent_requests_are_all_answered_with_each_model_loaded_once(
     def ask(index: int) -> tuple[int, str, dict]:
         body, content_type = uploads[index % len(uploads)]
         barrier.wait()
-        response = post(host, body, content_type)
+        # 32 phones (the same recording from one phone would be one turn), each a patient
+        # client that asks for a 202 and collects its reply.
+        phone = {"X-Forwarded-For": f"198.51.100.{index}:50000", "Prefer": "respond-async"}
+        response = post(host, body, content_type, **phone)
         answer = body_of(response)
         rid = answer["request_id"]
         while response.status_code == 202:  # a patient client collects its reply

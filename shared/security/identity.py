@@ -46,6 +46,13 @@ class Caller:
     address: str | None  # the client's address from the front end, for per-address limits
     authenticated: bool  # True when a token named the caller
 
+    @property
+    def retry_scope(self) -> str:
+        """Who counts as the same caller when a request is sent again without an
+        `Idempotency-Key`: a signed-in caller is its owner already; in key mode, where every
+        caller is one owner, the client address tells one phone's retry from another's."""
+        return "" if self.authenticated else self.address or ""
+
 
 def owner_of(identity: str) -> str:
     return "u" + hashlib.sha256(identity.encode()).hexdigest()[:32]

@@ -1,5 +1,9 @@
 """`Idempotency-Key` records: a retried `POST /talk` gets the first attempt's answer.
 
+A request without the header is recorded too, under a key made of its caller and body
+(`duplicate_key`): the Android app sends a timed-out request again as it was, and that
+copy joins the first turn instead of paying for a second one.
+
 A record belongs to its owner and key (the key hashed, so no client text becomes a blob
 name) and holds the request id it was claimed for and a fingerprint of the request (the
 audio's and the fields' SHA-256). The same key with another request is refused; a claim
@@ -52,6 +56,12 @@ def fingerprint(audio: bytes | None, fields: dict[str, Any]) -> str:
         "fields": fields,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def duplicate_key(retry_scope: str, print_: str) -> str:
+    """The key a request without `Idempotency-Key` is recorded under: the same body from
+    the same caller. Keys clients send are printable, so the NULs keep the two apart."""
+    return f"\0duplicate\0{retry_scope}\0{print_}"
 
 
 class IdempotencyRecords:

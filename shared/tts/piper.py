@@ -82,7 +82,12 @@ class PiperSynthesizer:
         }
 
     def synthesize(self, text: str, *, voice: str | None, language: str | None = None) -> bytes:
-        # One voice is embedded; persona names select voices only on cloud providers.
+        if voice:  # persona names select voices only on ElevenLabs
+            log.info(
+                "Voice %r asked for: the embedded voice has one voice (%s), which speaks it",
+                voice,
+                self._voice.config.espeak_voice,
+            )
         return encode_mp3(self.synthesize_pcm(text), self.sample_rate, self._bitrate_kbps)
 
 
