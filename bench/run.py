@@ -24,7 +24,10 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   loopback providers of fixed latency (a chat API, 300 ms; ElevenLabs, 200 ms), and where
   the time the HTTP path adds goes;
 - request_checks: what establishing the caller (function key or bearer token), counting its
-  rate limits in Table Storage and claiming the request id add to each `POST /talk`;
+  rate limits in Table Storage, claiming the request id, parsing the app's multipart upload
+  (against Werkzeug's form parser, which refused long recordings) and the check for a
+  request sent again (the body's SHA-256 and the record's two writes) add to each
+  `POST /talk`;
 - telemetry: the same HTTP path with tracing on and off, each upload both ways in a row,
   and the run's spans and metrics summarised as the operations workbook charts them.
 
@@ -35,6 +38,7 @@ here asserts a number.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -633,9 +637,15 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
     from shared.security.identity import identify
     from shared.security.ratelimit import admit
     from shared.storage import blob_store
+    from shared.storage.idempotency import IdempotencyRecords, duplicate_key, fingerprint
+    from shared.talk_input import parse_talk_input
+    from tests.client_framing import okhttp
+    from tests.conftest import app_recording
     from tests.oidc import AUDIENCE, Issuer
 
     upload = make_clips(1)[0][1]
+    # A 20 s recording in the app's framing: the size at which the old parser began to fail.
+    content_type, form = okhttp(app_recording(20.0), "recording_1.m4a", "audio/mp4")
     timings: dict[str, list[float]] = {}
 
     def timed(name: str, work: Any) -> None:
@@ -658,6 +668,26 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
         admit(identify(phone, key_mode), key_mode)  # the table, created once
         admit(identify(signed_in, jwt_mode), jwt_mode)
         store.put("bench/warm", b"", "text/plain")
+
+        records = IdempotencyRecords(store)
+
+        def duplicate_check(index: int) -> None:
+            parsed = parse_talk_input(content_type, form, key_mode)
+            print_ = fingerprint(parsed.audio, parsed.fields())
+            key = duplicate_key(f"203.0.113.{index % 250}", print_ + str(index))
+            claim = records.claim("bench", key, f"b{index}", print_)
+            records.confirm("bench", key, claim)
+
+        def werkzeug_form() -> None:
+            from werkzeug.formparser import parse_form_data
+
+            environ = {
+                "REQUEST_METHOD": "POST",
+                "CONTENT_TYPE": content_type,
+                "CONTENT_LENGTH": str(len(form)),
+                "wsgi.input": io.BytesIO(form),
+            }
+            parse_form_data(environ, max_form_memory_size=None)
 
         async def store_request(index: int, claimed: bool) -> None:
             writes = [asyncio.to_thread(store.put, f"bench/{index}/input.m4a", upload, "x")]
@@ -683,6 +713,15 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
             timed(
                 "store the upload and claim its id (concurrently)",
                 lambda index=index: asyncio.run(store_request(2 * index + 1, True)),
+            )
+            timed(
+                "parse the app's 20 s upload (multipart, per-part limits)",
+                lambda: parse_talk_input(content_type, form, key_mode),
+            )
+            timed("the same with Werkzeug's form parser, no memory limit", werkzeug_form)
+            timed(
+                "parse it, then the duplicate check (SHA-256, claim, confirm)",
+                lambda index=index: duplicate_check(index),
             )
     return {name: percentiles(values) for name, values in timings.items()}
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -36,7 +37,10 @@ def banner_value(banner: list[str], label: str) -> str:
     return value
 
 
-def start_server(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[str]:
+def start_server(
+    tmp_path: Path, port: int, log: IO[str] | int = subprocess.PIPE, **env: str
+) -> subprocess.Popen[str]:
+    """`make serve` on `port`; its log (stderr) to `log`."""
     environment = cli_environment(LLM_PROVIDER="local", TTS_PROVIDER="piper")
     for name in ("AzureWebJobsStorage", "TALK_FUNCTION_KEY", "TALK_MASTER_KEY"):
         environment.pop(name, None)
@@ -46,7 +50,7 @@ def start_server(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[str]
         cwd=tmp_path,  # no local.settings.json or .env of the developer's
         env=environment,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
 

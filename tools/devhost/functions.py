@@ -169,9 +169,19 @@ class FunctionsHttpHost:
                     self.send_header("Content-Type", response.mimetype)
                 payload = response.get_body() or b""
                 self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                try:
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The function ran to its end anyway, as in Azure: a retry can join it.
+                    log.info(
+                        "%s %s: the client left before the answer",
+                        self.command,
+                        urlsplit(self.path).path,
+                    )
+                    self.close_connection = True
+                    return
                 log.info(
                     "%s %s -> %d in %.0f ms",
                     self.command,
