@@ -138,6 +138,12 @@ def end_to_end(job: dict[str, Any]) -> dict[str, Any]:
     return measure(job)
 
 
+def polling(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.end_to_end import polling as measure
+
+    return measure(job)
+
+
 def telemetry(job: dict[str, Any]) -> dict[str, Any]:
     from bench.telemetry import telemetry as measure
 
@@ -149,6 +155,7 @@ TASKS = {
     "cold_start": cold_start,
     "throughput": throughput,
     "end_to_end": end_to_end,
+    "polling": polling,
     "telemetry": telemetry,
 }
 

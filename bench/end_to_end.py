@@ -74,6 +74,12 @@ def _split(
     return parts
 
 
+def server_timing(response: requests.Response) -> dict[str, float]:
+    """The answer's `Server-Timing` durations by name (ms)."""
+    entries = response.headers["Server-Timing"].split(", ")
+    return {name: float(value) for name, value in (e.split(";dur=") for e in entries)}
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -148,10 +154,7 @@ def _measure(job: dict[str, Any], uploads: list[bytes]) -> dict[str, Any]:
             client_ms = (time.perf_counter() - started) * 1000
             response.raise_for_status()
             answer = response.json()
-            timing = dict(
-                entry.split(";dur=") for entry in response.headers["Server-Timing"].split(", ")
-            )
-            phases = {name: float(value) for name, value in timing.items()}
+            phases = server_timing(response)
             timeline = durable.timeline[answer["request_id"]]
             return client_ms, _split(client_ms, phases, answer["timings_ms"], timeline)
 
@@ -190,3 +193,40 @@ def _measure(job: dict[str, Any], uploads: list[bytes]) -> dict[str, Any]:
         },
         "status_reads_per_request": round(status_reads, 1),
     }
+
+
+def polling(job: dict[str, Any]) -> dict[str, Any]:
+    """How long `POST /talk` takes to notice a turn's end, and how many status reads that
+    costs, for each fast-polling window in `job["windows"]`, on turns of two lengths
+    (`job["turns"]`: chat and voice delays), the same uploads for every window."""
+    from talk import api
+
+    uploads = [Path(path).read_bytes() for path in job["clips"]]
+    results: dict[str, Any] = {}
+    for llm_delay_s, tts_delay_s in job["turns"]:
+        turn = {**job, "llm_delay_s": llm_delay_s, "tts_delay_s": tts_delay_s}
+        with stand_in_providers(turn), serving() as (durable, post):
+            post(uploads[0]).raise_for_status()  # warm up
+            noticed: dict[float, list[float]] = {w: [] for w in job["windows"]}
+            reads: dict[float, int] = dict.fromkeys(job["windows"], 0)
+            for _ in range(job["repeats"]):
+                for upload in uploads:
+                    for window in job["windows"]:  # interleaved: the same noise for each
+                        api.FAST_POLL_WINDOW_S = window
+                        before = durable.status_reads
+                        response = post(upload)
+                        response.raise_for_status()
+                        reads[window] += durable.status_reads - before
+                        rid = response.json()["request_id"]
+                        at = dict(durable.timeline[rid])
+                        wait = server_timing(response)["wait"]
+                        noticed[window].append(wait - (at["done"] - at["requested"]) * 1000)
+        length = f"turn with chat {llm_delay_s:g} s and voice {tts_delay_s:g} s"
+        results[length] = {
+            f"{window:g} s": {
+                "end_noticed_after_ms": percentiles(values),
+                "status_reads_per_request": round(reads[window] / len(values), 1),
+            }
+            for window, values in noticed.items()
+        }
+    return {"turns": results}

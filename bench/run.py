@@ -15,6 +15,8 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
 - round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines on
   `tiny.en`, and for the default (`base`);
 - decoding: an upload decoded in this process and in a capped child process, interleaved;
+- stt_cost: the CPU time of one transcription of 25, 60 and 112 s of speech against the
+  hardest uploads of the same length found (one phrase repeated, shuffled babble);
 - cold_start: a fresh process from `import function_app` to the first `/health` answer and
   to the first `/talk` answer (Azurite storage, the Durable stand-in of the tests);
 - throughput: requests per minute with 1, 2 and 4 concurrent requests through the three
@@ -28,6 +30,8 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   (against Werkzeug's form parser, which refused long recordings) and the check for a
   request sent again (the body's SHA-256 and the record's two writes) add to each
   `POST /talk`;
+- polling: how soon `POST /talk` notices a turn's end and how many status reads that
+  costs, for fast-polling windows of 2, 3, 5 and 10 s on a 2.5 s and a 5.5 s turn;
 - telemetry: the same HTTP path with tracing on and off, each upload both ways in a row,
   and the run's spans and metrics summarised as the operations workbook charts them.
 
@@ -54,9 +58,11 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
 
 from bench.end_to_end import percentiles
 from shared.config import Settings
+from shared.errors import TalkError
 from shared.pipeline import TalkRequest, talk, transcribe
 from tools.azurite import running_azurite
 from tools.phone_audio import encode, speak
@@ -335,6 +341,19 @@ def bench_with_stand_ins(
         return _child(task, job, storage)
 
 
+def bench_polling(clips: list, storage: str, quick: bool) -> dict[str, Any]:
+    """The fast-polling window of `POST /talk` (`FAST_POLL_WINDOW_S`) at 2, 3, 5 and 10 s,
+    on a 2.5 s and a 5.5 s turn (chat and voice stand-ins slow enough for that)."""
+    with tempfile.TemporaryDirectory() as folder:
+        job = {
+            "clips": _clip_files(Path(folder), clips),
+            "repeats": 1 if quick else 4,
+            "windows": [2.0, 10.0] if quick else [2.0, 3.0, 5.0, 10.0],
+            "turns": [[1.2, 0.8]] if quick else [[1.2, 0.8], [3.5, 1.5]],
+        }
+        return _child("polling", job, storage)
+
+
 def bench_throughput(
     clips: list, storage: str, levels: list[int], per_level: int
 ) -> dict[str, Any]:
@@ -467,6 +486,24 @@ def markdown(results: dict[str, Any]) -> str:
         ["what a `POST /talk` now does besides the pipeline", "p50 ms", "p95 ms"],
         ([name, *_p50_p95(row)] for name, row in results["request_checks"].items()),
     )
+    lines += ["", "What one transcription can cost (CPU-seconds, default settings):", ""]
+    lines += table(
+        ["recording", "upload", "CPU s", "times the speech's", "outcome"],
+        (
+            [length, name, entry["cpu_s"], entry["times_benign"], entry["outcome"]]
+            for length, row in results["stt_cost"].items()
+            for name, entry in row.items()
+        ),
+    )
+    for turn, windows in results["polling"]["turns"].items():
+        lines += ["", f"Noticing the end of a {turn} (`FAST_POLL_WINDOW_S`):", ""]
+        lines += table(
+            ["fast window", "noticed after p50 ms", "p95 ms", "status reads per request"],
+            (
+                [window, *_p50_p95(row["end_noticed_after_ms"]), row["status_reads_per_request"]]
+                for window, row in windows.items()
+            ),
+        )
     lines += telemetry_markdown(results["telemetry"])
     return "\n".join(lines) + "\n"
 
@@ -603,6 +640,64 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def adversarial_speech(seconds: float) -> dict[str, bytes]:
+    """Recordings of `seconds` as the app makes them: varied speech, and the two hardest
+    things found to transcribe: one phrase over and over (Whisper's fallback ladder runs
+    on every window) and the same speech cut in 0.3 s pieces and shuffled (babble)."""
+    from tests.conftest import MONOLOGUE, app_recording, spoken
+
+    pcm, rate = spoken(QUESTIONS[0])
+    phrase = np.concatenate([pcm, np.zeros(rate // 4, dtype=np.int16)])
+    pieces = [
+        piece
+        for line in MONOLOGUE
+        for piece in np.array_split(
+            spoken(line)[0], max(1, len(spoken(line)[0]) * 10 // (3 * rate))
+        )
+    ]
+    np.random.default_rng(0).shuffle(pieces)
+
+    def tiled(samples: np.ndarray) -> bytes:
+        repeats = int(np.ceil(seconds * rate / len(samples)))
+        return encode(np.tile(samples, repeats)[: int(seconds * rate)], rate, "m4a")
+
+    return {
+        "speech": app_recording(seconds),
+        "one phrase repeated": tiled(phrase),
+        "babble": tiled(np.concatenate(pieces)),
+    }
+
+
+def bench_stt_cost(lengths: list[float]) -> dict[str, Any]:
+    """The CPU time one transcription takes (default settings), benign against the hardest
+    uploads found, at each length: what one request can make the service spend."""
+    import resource
+
+    settings = Settings()
+
+    def cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    transcribe(make_clips(1)[0][1], request_id="warm", settings=settings)
+    results: dict[str, Any] = {}
+    for seconds in lengths:
+        row: dict[str, Any] = {}
+        for name, upload in adversarial_speech(seconds).items():
+            started = cpu_s()
+            try:
+                transcribe(upload, request_id="cost", settings=settings)
+                outcome = "transcript"
+            except TalkError as error:
+                outcome = error.code
+            row[name] = {"cpu_s": round(cpu_s() - started, 1), "outcome": outcome}
+        benign = row["speech"]["cpu_s"] or 0.1
+        for entry in row.values():
+            entry["times_benign"] = round(entry["cpu_s"] / benign, 1)
+        results[f"{seconds:g} s"] = row
+    return results
+
+
 def bench_decoding(clips: list, repeats: int) -> dict[str, Any]:
     """The decoder's guards cost nothing measurable; what costs is running it in a child
     process (a pipe each way, the samples pickled back): both, interleaved, on the same
@@ -641,7 +736,7 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
     from shared.talk_input import parse_talk_input
     from tests.client_framing import okhttp
     from tests.conftest import app_recording
-    from tests.oidc import AUDIENCE, Issuer
+    from tests.oidc import AUDIENCE, SCOPE, Issuer
 
     upload = make_clips(1)[0][1]
     # A 20 s recording in the app's framing: the size at which the old parser began to fail.
@@ -656,7 +751,11 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
     with Issuer() as issuer:
         key_mode = Settings(storage_connection=storage)
         jwt_mode = replace(
-            key_mode, auth_mode="jwt", auth_issuer=issuer.url, auth_audience=AUDIENCE
+            key_mode,
+            auth_mode="jwt",
+            auth_issuer=issuer.url,
+            auth_audience=AUDIENCE,
+            auth_required_scope=SCOPE,
         )
         limits = {"rate_limit_per_minute": 10**6, "rate_limit_per_day": 10**6}
         jwt_mode = replace(jwt_mode, **limits, rate_limit_per_address_per_minute=10**6)
@@ -742,6 +841,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "stt_models": bench_stt_models(clips, repeats),
             "round_trip": bench_round_trip(clips, repeats, checkpoint),
             "decoding": bench_decoding(clips, repeats),
+            "stt_cost": bench_stt_cost([25.0] if quick else [25.0, 60.0, 112.0]),
         }
     # The app's storage in Azure is always there: Azurite starts outside the measurements.
     with running_azurite() as storage:
@@ -754,6 +854,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             results[task] = bench_with_stand_ins(
                 task, clips, storage, repeats, llm_delay_s=0.3, tts_delay_s=0.2
             )
+        results["polling"] = bench_polling(clips[:1], storage, quick)
         results["throughput"] = bench_throughput(
             clips, storage, levels=[1, 2] if quick else [1, 2, 4], per_level=2 if quick else 8
         )

@@ -255,6 +255,15 @@ param authIssuer string = ''
 @description('AUTH_AUDIENCE: audience the bearer tokens must be for when authMode is jwt, e.g. api://talk-backend.')
 param authAudience string = ''
 
+@description('AUTH_REQUIRED_SCOPE: delegated scope a bearer token must carry when authMode is jwt, e.g. Talk.Use (jwt needs this or authRequiredRole).')
+param authRequiredScope string = ''
+
+@description('AUTH_REQUIRED_ROLE: app role a bearer token may carry instead of the scope when authMode is jwt; empty for none.')
+param authRequiredRole string = ''
+
+@description('AUTH_ALLOWED_CLIENTS: comma-separated client ids the bearer tokens must be issued to (azp/appid), e.g. the mobile app\'s; empty allows any.')
+param authAllowedClients string = ''
+
 @description('CLIENT_SYSTEM_PROMPT: what a request\'s system_prompt does: ignore, append (a capped preference), or replace (trusted single-tenant set-ups only).')
 @allowed([
   'ignore'
@@ -270,15 +279,15 @@ param clientSystemPrompt string = 'ignore'
 ])
 param allowVoiceIds string = 'off'
 
-@description('RATE_LIMIT_PER_MINUTE: POST /talk requests per signed-in caller per minute (authMode jwt); 0 for no limit.')
+@description('RATE_LIMIT_PER_MINUTE: writes (POST /talk, the DELETEs) per signed-in caller per minute (authMode jwt); 0 for no limit.')
 @minValue(0)
 param rateLimitPerMinute int = 20
 
-@description('RATE_LIMIT_PER_DAY: POST /talk requests per signed-in caller per day (authMode jwt); 0 for no limit.')
+@description('RATE_LIMIT_PER_DAY: writes (POST /talk, the DELETEs) per signed-in caller per day (authMode jwt); 0 for no limit.')
 @minValue(0)
 param rateLimitPerDay int = 500
 
-@description('RATE_LIMIT_PER_ADDRESS_PER_MINUTE: POST /talk requests per client address per minute; a ceiling that protects the provider accounts (carrier NAT puts many phones behind one address); 0 for no limit.')
+@description('RATE_LIMIT_PER_ADDRESS_PER_MINUTE: writes (POST /talk, the DELETEs) per client address per minute; a ceiling that protects the provider accounts (carrier NAT puts many phones behind one address); 0 for no limit.')
 @minValue(0)
 param rateLimitPerAddressPerMinute int = 120
 
@@ -542,6 +551,7 @@ var appSettings = {
   MAX_TEXT_BODY_BYTES: string(maxTextBodyBytes)
   FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(maxAudioBytes + 2 * maxTextBodyBytes)
   MAX_AUDIO_SECONDS: '120'
+  MAX_STT_CPU_SECONDS: '40'
   MAX_TEXT_CHARS: '4000'
   LLM_MAX_TOKENS: '120'
   LLM_TEMPERATURE: '0.7'
@@ -570,13 +580,20 @@ var appSettings = {
   AUTH_MODE: authMode
   AUTH_ISSUER: authIssuer
   AUTH_AUDIENCE: authAudience
+  AUTH_REQUIRED_SCOPE: authRequiredScope
+  AUTH_REQUIRED_ROLE: authRequiredRole
+  AUTH_ALLOWED_CLIENTS: authAllowedClients
   CLIENT_SYSTEM_PROMPT: clientSystemPrompt
   ALLOW_VOICE_IDS: allowVoiceIds
   RATE_LIMIT_PER_MINUTE: string(rateLimitPerMinute)
   RATE_LIMIT_PER_DAY: string(rateLimitPerDay)
   RATE_LIMIT_PER_ADDRESS_PER_MINUTE: string(rateLimitPerAddressPerMinute)
+  RATE_LIMIT_PER_ADDRESS_PER_DAY: '2000'
+  RATE_LIMIT_READS_PER_MINUTE: '120'
+  RATE_LIMIT_READS_PER_ADDRESS_PER_MINUTE: '600'
   TTS_DAILY_CHARACTER_BUDGET: string(ttsDailyCharacterBudget)
   LLM_DAILY_TOKEN_BUDGET: string(llmDailyTokenBudget)
+  BUDGET_SHARE_PER_CALLER: '0.1'
   ELEVENLABS_MAX_IN_FLIGHT: string(elevenlabsMaxInFlight)
   // Traces and metrics go to Application Insights (its connection string comes from
   // api.bicep); no transcript or reply is recorded.

@@ -39,6 +39,11 @@ def env_name(field: dataclasses.Field[Any]) -> str:
 class Settings:
     max_audio_bytes: int = _setting(10_000_000, "Largest accepted upload, in bytes.")
     max_audio_seconds: float = _setting(120.0, "Longest accepted recording, in seconds.")
+    max_stt_cpu_seconds: float = _setting(
+        40.0,
+        "CPU-seconds one transcription may take before it is refused (`422 "
+        "stt_budget_spent`); the process's clock, so concurrent requests count too.",
+    )
     stt_engine: str = _setting(
         "faster-whisper",
         "`faster-whisper` (CTranslate2, int8, Silero VAD) or `openai-whisper` (the original "
@@ -191,6 +196,19 @@ class Settings:
     auth_audience: str = _setting(
         "", "Audience the bearer tokens must be for (`AUTH_MODE=jwt`), exactly as `aud`."
     )
+    auth_required_scope: str = _setting(
+        "",
+        "A delegated scope the bearer token must carry in `scp` (or `scope`), e.g. "
+        "`Talk.Use`; `AUTH_MODE=jwt` needs this or `AUTH_REQUIRED_ROLE`.",
+    )
+    auth_required_role: str = _setting(
+        "", "An app role the bearer token may carry in `roles` instead of the scope."
+    )
+    auth_allowed_clients: str = _setting(
+        "",
+        "Client ids (comma-separated) the bearer token must have been issued to (`azp`, or "
+        "`appid` in v1 tokens); empty allows any client of the issuer.",
+    )
     client_system_prompt: str = _setting(
         "ignore",
         "What a request's `system_prompt` does: `ignore` (logged, not used), `append` (a "
@@ -200,13 +218,28 @@ class Settings:
         "off", "`on` lets a request name a raw ElevenLabs voice id, not only a `VOICES` persona."
     )
     rate_limit_per_minute: int = _setting(
-        20, "`POST /talk` requests per caller per minute (`AUTH_MODE=jwt`); 0 for no limit."
+        20,
+        "Writes (`POST /talk`, the `DELETE`s) per caller per minute (`AUTH_MODE=jwt`); 0 for "
+        "no limit.",
     )
     rate_limit_per_day: int = _setting(
-        500, "`POST /talk` requests per caller per day (`AUTH_MODE=jwt`); 0 for no limit."
+        500, "Writes per caller per day (`AUTH_MODE=jwt`); 0 for no limit."
     )
     rate_limit_per_address_per_minute: int = _setting(
-        120, "`POST /talk` requests per client address per minute; 0 for no limit."
+        120, "Writes per client address per minute; 0 for no limit."
+    )
+    rate_limit_per_address_per_day: int = _setting(
+        2000,
+        "Writes per client address per day: in key mode the one cap on what one address "
+        "spends of the day; 0 for no limit.",
+    )
+    rate_limit_reads_per_minute: int = _setting(
+        120,
+        "Reads (`GET /talk/{id}`, `GET` a conversation) per caller per minute "
+        "(`AUTH_MODE=jwt`); 0 for no limit.",
+    )
+    rate_limit_reads_per_address_per_minute: int = _setting(
+        600, "Reads per client address per minute; 0 for no limit."
     )
     audio_retention_days: int = _setting(
         7, "Days requests are kept (blobs by the lifecycle rule, Durable history by the app)."
@@ -241,6 +274,11 @@ class Settings:
         0,
         "Tokens a day the remote LLM may use, across all instances; 0 or empty: no limit. "
         "When spent: `503 budget_exhausted` until midnight UTC.",
+    )
+    budget_share_per_caller: float = _setting(
+        0.1,
+        "The fraction of each daily budget one caller may spend (a client address in key "
+        "mode, a signed-in caller in jwt mode); 1 for no share.",
     )
     elevenlabs_max_in_flight: int = _setting(
         4,
@@ -289,6 +327,7 @@ class Settings:
         positive = (
             "max_audio_bytes",
             "max_audio_seconds",
+            "max_stt_cpu_seconds",
             "max_text_chars",
             "max_text_body_bytes",
             "whisper_beam_size",
@@ -313,6 +352,13 @@ class Settings:
         _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))
         _one_of("TTS_CACHE", self.tts_cache, ("on", "off"))
         _one_of("LLM_CACHE", self.llm_cache, ("on", "off"))
+        if self.llm_cache == "on" and self.auth_mode == "key":
+            # In key mode every caller is one owner: a cached reply would answer one user
+            # with what another was told.
+            raise ConfigError(
+                "LLM_CACHE=on needs AUTH_MODE=jwt: in key mode one user's cached reply "
+                "would answer another"
+            )
         _one_of("LOG_CONTENT", self.log_content, ("on", "off"))
         _one_of(
             "TELEMETRY_EXPORTER",
@@ -325,6 +371,8 @@ class Settings:
             raise ConfigError(
                 "TELEMETRY_EXPORTER=azure needs APPLICATIONINSIGHTS_CONNECTION_STRING"
             )
+        if not 0 < self.budget_share_per_caller <= 1:
+            raise ConfigError("BUDGET_SHARE_PER_CALLER must be more than 0 and at most 1")
         if self.elevenlabs_max_in_flight < 1:
             raise ConfigError("ELEVENLABS_MAX_IN_FLIGHT must be at least 1")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
@@ -355,6 +403,13 @@ class Settings:
         if self.auth_mode == "jwt":
             if not (self.auth_issuer and self.auth_audience):
                 raise ConfigError("AUTH_MODE=jwt needs AUTH_ISSUER and AUTH_AUDIENCE")
+            if not (self.auth_required_scope or self.auth_required_role):
+                # Without it any token for the API would do: one granted for another of
+                # its scopes, or an app-only token of any client in the tenant.
+                raise ConfigError(
+                    "AUTH_MODE=jwt needs AUTH_REQUIRED_SCOPE or AUTH_REQUIRED_ROLE: what a "
+                    "token must be for"
+                )
             from shared.security.tokens import check_issuer_url
 
             try:
@@ -365,6 +420,9 @@ class Settings:
             "rate_limit_per_minute",
             "rate_limit_per_day",
             "rate_limit_per_address_per_minute",
+            "rate_limit_per_address_per_day",
+            "rate_limit_reads_per_minute",
+            "rate_limit_reads_per_address_per_minute",
             "tts_daily_character_budget",
             "llm_daily_token_budget",
         ):
@@ -401,6 +459,16 @@ class Settings:
             voices[code.strip().lower()] = path.strip()
         return voices
 
+    @property
+    def budgeted(self) -> bool:
+        """Whether a daily budget is shared out among callers."""
+        has_budget = self.tts_daily_character_budget or self.llm_daily_token_budget
+        return bool(has_budget) and self.budget_share_per_caller < 1
+
+    @property
+    def allowed_clients(self) -> frozenset[str]:
+        return frozenset(filter(None, (c.strip() for c in self.auth_allowed_clients.split(","))))
+
     def voice_map(self) -> dict[str, str]:
         """`VOICES` as persona name (lower case) -> voice id."""
         voices: dict[str, str] = {}
@@ -431,8 +499,17 @@ def _parse(name: str, raw: str, kind: type) -> Any:
         raise ConfigError(f"{name} must be {shown}, got {raw!r}") from None
 
 
-def local_values(root: Path) -> dict[str, str]:
-    """Settings from `local.settings.json` and `.env` in `root`; `.env` wins."""
+# The folder of this app: its local settings are read from here, never from the folder a
+# command happens to run in, where a `.env` could send a provider's key somewhere else.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_FILE = "TALK_ENV_FILE"  # names the one settings file to read instead (`--env-file`)
+
+
+def local_values(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """Settings from `local.settings.json` and `.env` in `root`, `.env` winning; or only
+    from the file `TALK_ENV_FILE` names, when it is set."""
+    if chosen := os.environ.get(ENV_FILE, "").strip():
+        return _dotenv(Path(chosen))
     values: dict[str, str] = {}
     local_settings = root / "local.settings.json"
     if local_settings.is_file():
@@ -441,17 +518,28 @@ def local_values(root: Path) -> dict[str, str]:
         except (OSError, ValueError) as error:
             raise ConfigError(f"local.settings.json is not valid JSON: {error}") from None
         values.update({k: str(v) for k, v in document.get("Values", {}).items()})
-    dotenv = root / ".env"
-    if dotenv.is_file():
-        from dotenv import dotenv_values
-
-        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(_dotenv(root / ".env"))
     return values
+
+
+def env_file() -> Path:
+    """Where settings are saved for next time: the file `TALK_ENV_FILE` names, else the
+    project's `.env`."""
+    chosen = os.environ.get(ENV_FILE, "").strip()
+    return Path(chosen) if chosen else PROJECT_ROOT / ".env"
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def read_settings() -> Settings:
     """The settings as they stand now: environment over `.env` over `local.settings.json`."""
-    return Settings.from_env({**local_values(Path.cwd()), **os.environ})
+    return Settings.from_env({**local_values(), **os.environ})
 
 
 @functools.cache

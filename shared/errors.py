@@ -70,6 +70,12 @@ class Unintelligible(BadInput):
     code = "unintelligible"
 
 
+class SpeechTooCostly(Unintelligible):
+    """Transcribing took more CPU than a request may (`MAX_STT_CPU_SECONDS`)."""
+
+    code = "stt_budget_spent"
+
+
 class RetryLater(TalkError):
     """A refusal that says when to come back: `Retry-After`, in seconds."""
 

@@ -24,7 +24,14 @@ from shared.llm import (
 )
 from shared.llm.speech_text import clean_for_speech
 from shared.providers import default_secrets
-from shared.security.budget import LLM_TOKENS, TTS_CHARACTERS, BudgetExhausted, budgets
+from shared.security.budget import (
+    LLM_TOKENS,
+    TTS_CHARACTERS,
+    BudgetExhausted,
+    Share,
+    budgets,
+    share_of,
+)
 from shared.security.identity import SHARED_OWNER
 from shared.security.secrets import MissingSecret, SecretStore
 from shared.storage import StorageUnavailable
@@ -133,9 +140,11 @@ def generate(
     owner: str = SHARED_OWNER,
     in_conversation: bool = False,
     language: str | None = None,
+    spender: str | None = None,
 ) -> Reply:
     """The reply to `question`. `system_prompt` is the client's, applied as
-    `CLIENT_SYSTEM_PROMPT` says; `owner` scopes the reply cache to its caller."""
+    `CLIENT_SYSTEM_PROMPT` says; `owner` scopes the reply cache to its caller; `spender`
+    is whose share of the daily budget the call counts against."""
     question = question.strip()
     if not question:
         raise NoInput("the question is empty")
@@ -184,8 +193,9 @@ def generate(
             size=generator.size,
         )
         budget = settings.llm_daily_token_budget if generator.billed else 0
+        share = share_of(spender, settings)
         if budget:
-            budgets(settings).check(LLM_TOKENS, budget)
+            budgets(settings).check(LLM_TOKENS, budget, share)
         tokens = 0
         try:
             # A sampled reply can come out empty once cleaned (all emoji, say): retry
@@ -201,7 +211,7 @@ def generate(
         finally:  # a second attempt that failed does not un-bill the first
             llm_tokens(generator.name, tokens)
             if budget:
-                budgets(settings).charge(LLM_TOKENS, budget, tokens)
+                budgets(settings).charge(LLM_TOKENS, budget, tokens, share)
             span.set(llm_tokens=tokens)
         if not text:
             raise ProviderError(generator.name, "the model gave an empty reply")
@@ -223,6 +233,7 @@ def synthesize(
     secrets: SecretStore | None = None,
     owner: str = SHARED_OWNER,
     language: str | None = None,
+    spender: str | None = None,
 ) -> Speech:
     """`text` spoken as MP3. Speech is cached for everyone in key mode (there is one
     owner); a signed-in caller's speech is cached under that caller, so it is erased with
@@ -242,7 +253,8 @@ def synthesize(
                 elapsed = time.perf_counter() - started
                 log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
                 return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
-        synthesizer, mp3 = _speak(synthesizer, text, voice, language, request_id, settings)
+        share = share_of(spender, settings)
+        synthesizer, mp3 = _speak(synthesizer, text, voice, language, request_id, settings, share)
         span.set(provider=synthesizer.name)
         tts_characters(synthesizer.name, len(text))
         if cache:
@@ -260,13 +272,14 @@ def _speak(
     language: str | None,
     request_id: str,
     settings: Settings,
+    share: Share | None,
 ) -> tuple[SpeechSynthesizer, bytes]:
     """`text` spoken by `synthesizer`, or by the embedded voice (`TTS_FALLBACK=piper`) when
     the paid voice fails, is saturated, or has spent the day's budget."""
     budget = settings.tts_daily_character_budget if synthesizer.billed else 0
     try:
         if budget:
-            budgets(settings).check(TTS_CHARACTERS, budget)
+            budgets(settings).check(TTS_CHARACTERS, budget, share)
         mp3 = synthesizer.synthesize(text, voice=voice, language=language)
     except (ProviderError, MissingSecret, BudgetExhausted, StorageUnavailable) as error:
         # StorageUnavailable: the budget could not be read; the free voice needs none.
@@ -281,7 +294,7 @@ def _speak(
         synthesizer = embedded_synthesizer(settings, language)
         return synthesizer, synthesizer.synthesize(text, voice=voice, language=language)
     if budget:
-        budgets(settings).charge(TTS_CHARACTERS, budget, len(text))
+        budgets(settings).charge(TTS_CHARACTERS, budget, len(text), share)
     return synthesizer, mp3
 
 

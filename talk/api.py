@@ -24,15 +24,17 @@ from opentelemetry.trace import SpanKind
 from shared.config import Settings, get_settings
 from shared.errors import NotFound, RetryLater, TalkError
 from shared.pipeline import new_request_id
+from shared.security.budget import forget_spending
 from shared.security.identity import Caller, Unauthorized, identify
-from shared.security.ratelimit import admit
+from shared.security.ratelimit import Access, admit, forget_caller, spender
 from shared.storage import BlobStore, StorageUnavailable, blob_store, erasure, request_prefix
 from shared.storage.conversations import (
+    NEW,
     conversation_store,
+    issued_conversation_id,
     open_conversation,
-    validate_conversation_id,
 )
-from shared.storage.erasure import Scope
+from shared.storage.erasure import Erased, Scope
 from shared.storage.idempotency import (
     Claim,
     IdempotencyKeyReused,
@@ -174,6 +176,11 @@ async def _accept_and_answer(
         )
         if talk_input.system_prompt and settings.client_system_prompt == "ignore":
             log.info("[%s] system_prompt from the client not used (CLIENT_SYSTEM_PROMPT)", rid)
+        # Before the history is read: an erasure that begins from here on is noticed.
+        existing = talk_input.conversation_id if talk_input.conversation_id != NEW else None
+        noted = await asyncio.to_thread(
+            erasure.marks, caller.owner, existing, settings, whole_owner=caller.authenticated
+        )
         conversation = await asyncio.to_thread(
             open_conversation, caller.owner, talk_input.conversation_id, settings
         )
@@ -216,6 +223,11 @@ async def _accept_and_answer(
             else None,
             "conversation": asdict(conversation) if conversation else None,
             "trace": current_trace(),
+            "erasure_marks": noted,
+            # Whose share of the paid budgets the turn spends: only when there are any.
+            "spender": await asyncio.to_thread(spender, caller, settings)
+            if settings.budgeted
+            else None,
         }
         if talk_input.audio is not None:
             job["audio_blob"] = f"{prefix}input.{talk_input.audio_extension}"
@@ -223,9 +235,17 @@ async def _accept_and_answer(
         else:
             job["audio_blob"] = None
             payload, content_type = b"{}", "application/json"
-        await _store_request(
-            store, rid, job["audio_blob"] or f"{prefix}request.json", payload, content_type
-        )
+        stored = job["audio_blob"] or f"{prefix}request.json"
+        await _store_request(store, rid, stored, payload, content_type)
+        if noted and await asyncio.to_thread(erasure.raced, noted, settings):
+            # An erasure began while this was accepted: it may have missed what was just
+            # stored, or this may hold what it erased. Nothing of it is kept.
+            await asyncio.gather(
+                asyncio.to_thread(store.delete, stored),
+                asyncio.to_thread(store.delete, f"request-ids/{rid}"),
+            )
+            log.info("[%s] /talk lost its race with an erasure: removed", rid)
+            raise Erased("this caller's data was erased while the request was taken; send it again")
         if claim is not None:
             confirmed = await asyncio.to_thread(records.confirm, caller.owner, key, claim)
             if confirmed is None:  # a retry took the key over while this one was slow
@@ -362,7 +382,9 @@ async def talk_result(
     if response_format is None:
         return error_response(406, NOT_ACCEPTABLE, None, "not_acceptable")
     try:
-        caller = await asyncio.to_thread(identify, req.headers, get_settings())
+        settings = get_settings()
+        caller = await asyncio.to_thread(identify, req.headers, settings)
+        await asyncio.to_thread(admit, caller, settings, Access.READ)
         if not _REQUEST_ID.match(rid):
             raise NotFound("unknown request id")
         try:
@@ -458,9 +480,9 @@ async def talk_conversation(
     try:
         settings = get_settings()
         caller = await asyncio.to_thread(identify, req.headers, settings)
-        conversation_id = validate_conversation_id(req.route_params.get("conversation_id"))
-        if conversation_id is None:
-            raise NotFound("unknown conversation")
+        access = Access.WRITE if req.method == "DELETE" else Access.READ
+        await asyncio.to_thread(admit, caller, settings, access)
+        conversation_id = issued_conversation_id(req.route_params.get("conversation_id"))
         if req.method == "DELETE":
             await _erase(client, Scope(caller.owner, conversation_id), settings)
             return func.HttpResponse(status_code=204)
@@ -486,6 +508,7 @@ async def talk_forget_me(
     try:
         settings = get_settings()
         caller = await asyncio.to_thread(identify, req.headers, settings)
+        await asyncio.to_thread(admit, caller, settings)
         if not caller.authenticated:
             raise NotFound("there is no signed-in caller to erase (AUTH_MODE=key)")
         await _erase(client, Scope(caller.owner), settings, must_exist=False)
@@ -502,11 +525,17 @@ async def _erase(
     Durable histories go first, so a failure part way leaves what a retry finds again."""
     if must_exist and not await asyncio.to_thread(erasure.exists, scope, settings):
         raise NotFound("unknown conversation")
+    # Before anything is listed: a request taken from now on removes itself.
+    await asyncio.to_thread(erasure.begin, scope, settings)
     request_ids = await asyncio.to_thread(erasure.request_ids, scope, settings)
     try:
         for rid in request_ids:
             status = await client.get_status(rid)
-            if status is not None and status.runtime_status not in (None, *_DONE):
+            exists = status is not None and status.runtime_status is not None
+            if (exists and status.runtime_status not in _DONE) or (
+                not exists
+                and await asyncio.to_thread(erasure.starting, rid, settings, CLAIM_GRACE_S)
+            ):
                 raise StillRunning("a request is still being answered; retry in a few seconds")
         for rid in request_ids:
             await client.purge_instance_history(rid)
@@ -516,6 +545,9 @@ async def _erase(
         log.error("Request histories not purged: %s", type(error).__name__)
         raise StorageUnavailable("the request histories could not be erased, retry") from None
     await asyncio.to_thread(erasure.erase, scope, request_ids, settings)
+    if scope.conversation_id is None:  # a caller: what counted them goes too
+        await asyncio.to_thread(forget_caller, scope.owner, settings)
+        await asyncio.to_thread(forget_spending, scope.owner, settings)
     log.info(
         "Erased %s with %d requests",
         "a conversation" if scope.conversation_id else "a caller",

@@ -15,7 +15,7 @@ import dotenv
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
-from shared.config import Settings, get_settings
+from shared.config import ENV_FILE, Settings, env_file, get_settings
 from shared.errors import BadInput, TalkError
 from shared.pipeline import TalkRequest, TalkResult, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
@@ -65,12 +65,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("TALK_FUNCTION_KEY"),
         help="function key for --url (default: $TALK_FUNCTION_KEY)",
     )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help="read settings from this file (.env format) instead of the project's "
+        ".env and local.settings.json; never from the current folder",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     recorded = None
+    if args.env_file:
+        os.environ[ENV_FILE] = str(args.env_file.resolve())
     try:
         settings = get_settings()
         logging.basicConfig(
@@ -132,9 +140,10 @@ def _ask_for_missing_secrets(settings: Settings, secrets: SecretStore, interacti
             continue
         os.environ[name] = value
         secrets.clear()
-        if input("Save it to .env for next time? [y/N] ").strip().lower() in ("y", "yes"):
-            dotenv.set_key(Path(".env"), name, value)
-            print("Saved to .env (keep that file out of version control).", file=sys.stderr)
+        saved_to = env_file()
+        if input(f"Save it to {saved_to} for next time? [y/N] ").strip().lower() in ("y", "yes"):
+            dotenv.set_key(saved_to, name, value)
+            print(f"Saved to {saved_to} (keep it out of version control).", file=sys.stderr)
 
 
 def _request(args: argparse.Namespace) -> TalkRequest:

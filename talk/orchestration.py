@@ -24,8 +24,10 @@ from shared.errors import BadInput, ConfigError, ProviderError, TalkError, error
 from shared.memory import release_freed_memory
 from shared.pipeline import generate, synthesize, transcribe
 from shared.security.budget import BudgetExhausted
+from shared.security.identity import SHARED_OWNER
 from shared.storage import StorageUnavailable, blob_store
 from shared.storage.conversations import Turn, conversation_store
+from shared.storage.erasure import check_not_raced
 from shared.telemetry import continue_trace, traced
 
 bp = df.Blueprint()
@@ -125,6 +127,8 @@ def talk_orchestrator(
                 "history": conversation["history"] if conversation else [],
                 "in_conversation": conversation is not None,
                 "language": language,
+                "spender": job.get("spender"),
+                "erasure_marks": job.get("erasure_marks"),
             },
             trace,
         )
@@ -138,6 +142,8 @@ def talk_orchestrator(
                 "text": reply["text"],
                 "voice": job.get("voice"),
                 "language": language,
+                "spender": job.get("spender"),
+                "erasure_marks": job.get("erasure_marks"),
             },
             trace,
         )
@@ -156,6 +162,7 @@ def talk_orchestrator(
                     # The orchestration's clock, not the activity's: a retried save of
                     # this turn writes the same entity instead of a second copy.
                     "at": context.current_utc_datetime.isoformat(),
+                    "erasure_marks": job.get("erasure_marks"),
                 },
                 trace,
             )
@@ -184,8 +191,15 @@ def talk_orchestrator(
         },
         "conversation_id": conversation["id"] if conversation else None,
         "turn_saved": turn_saved,
-        "cache": [stage for stage, result in (("llm", reply), ("tts", speech)) if result["cached"]],
+        "cache": _own_cache_hits(reply, speech, job["owner"]),
     }
+
+
+def _own_cache_hits(reply: dict[str, Any], speech: dict[str, Any], owner: str) -> list[str]:
+    """The stages answered from the caller's own cache entries. Speech every caller shares
+    (key mode) is not named: a hit there would tell one user what another was told."""
+    hits = [("llm", reply["cached"]), ("tts", speech["cached"] and owner != SHARED_OWNER)]
+    return [stage for stage, hit in hits if hit]
 
 
 INTERNAL_ERROR = {
@@ -248,15 +262,18 @@ def transcribe_activity(job: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="job")
 def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
+        settings = get_settings()
+        check_not_raced(job.get("erasure_marks") or {}, settings)  # before it spends or writes
         reply = generate(
             job["question"],
             request_id=job["request_id"],
-            settings=get_settings(),
+            settings=settings,
             system_prompt=job.get("system_prompt"),
             history=[tuple(turn) for turn in job.get("history", [])],
             owner=job["owner"],
             in_conversation=job.get("in_conversation", False),
             language=job.get("language"),
+            spender=job.get("spender"),
         )
         return {
             "text": reply.text,
@@ -273,6 +290,7 @@ def generate_activity(job: dict[str, Any]) -> dict[str, Any]:
 def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         settings = get_settings()
+        check_not_raced(job.get("erasure_marks") or {}, settings)
         speech = synthesize(
             job["text"],
             request_id=job["request_id"],
@@ -280,6 +298,7 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
             voice=job.get("voice"),
             owner=job["owner"],
             language=job.get("language"),
+            spender=job.get("spender"),
         )
         # A name of its own per attempt, written create-only: a retried synthesize never
         # overwrites a reply, and a colliding request id could not either.
@@ -301,10 +320,12 @@ def synthesize_activity(job: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="job")
 def save_turn_activity(job: dict[str, Any]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
+        settings = get_settings()
+        check_not_raced(job.get("erasure_marks") or {}, settings)
         turn = Turn(
             job["request_id"], job["question"], job["reply"], job.get("language"), job["at"]
         )
-        store = conversation_store(get_settings())
+        store = conversation_store(settings)
         if job["new"]:
             store.start(job["owner"], job["conversation_id"])
         # False when the conversation was erased while this request ran: it stays erased.

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from shared.config import Settings, get_settings
+from shared.config import ENV_FILE, Settings, get_settings
 from shared.security.secrets import SECRET_NAMES
 from shared.tts.mp3 import encode_mp3
 from tools.azurite import connection_string, free_port, running_azurite
@@ -22,6 +22,7 @@ from tools.devhost import functions as functions_host
 from tools.phone_audio import encode, speak
 
 if TYPE_CHECKING:
+    from tests.oidc import Issuer
     from tests.stubs import StubServer
     from tools.devhost.durable import LocalDurableHost
 
@@ -33,6 +34,9 @@ hypothesis_settings.register_profile("repeatable", derandomize=True)
 hypothesis_settings.register_profile("fuzz", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 ROOT = Path(__file__).resolve().parent.parent
+# No developer's `.env` or `local.settings.json` (keys!) reaches a test or the processes it
+# starts; a test that wants a settings file names it.
+os.environ[ENV_FILE] = os.devnull
 SAMPLE = ROOT / "samples" / "question.m4a"
 
 # Known questions, spoken by the embedded voice, for word error rates.
@@ -69,7 +73,7 @@ def phone_upload(text: str, extension: str) -> bytes:
     return encode(pcm, rate, extension)
 
 
-# A long question, as someone thinking aloud asks it: about 70 s of varied speech.
+# A long question, as someone thinking aloud asks it: two minutes of varied speech.
 MONOLOGUE = (
     "I have been thinking about my week and I would like some advice.",
     "On Monday I started a new job at a small bakery near the harbour.",
@@ -87,6 +91,18 @@ MONOLOGUE = (
     "They live three hours away by train, in a village with one shop.",
     "My mother grows tomatoes and my father repairs old radios for fun.",
     "Last time I visited, we spent the whole afternoon fixing a clock.",
+    "The clock belonged to my grandfather and it had stopped in nineteen eighty two.",
+    "Inside we found a tiny spring that had broken in two places.",
+    "My father ordered a new one from a shop in Germany.",
+    "It arrived three weeks later in a box full of straw.",
+    "Now the clock chimes every hour, even at night, which my mother does not love.",
+    "I would like to rest on Sunday mornings and read a good book.",
+    "Could you recommend a novel that is calm but not boring?",
+    "I enjoyed stories about the sea when I was a child.",
+    "Also, is it better to cook for the whole week on Sunday?",
+    "I have heard that soups keep well in the fridge for four days.",
+    "My favourite is a thick lentil soup with carrots and cumin.",
+    "How do I stay motivated when the mornings are dark and cold?",
     "So what would you suggest I do first, and how should I plan my weekends?",
 )
 
@@ -214,6 +230,21 @@ def chat(app_settings) -> Iterator[StubServer]:
         app_settings.setenv("LLM_MODEL", "stub")
         reset_app_caches()
         yield server
+
+
+@pytest.fixture
+def issuer(app_settings) -> Iterator[Issuer]:
+    """`AUTH_MODE=jwt` with a loopback OpenID Connect issuer whose tokens carry the API's
+    scope."""
+    from tests.oidc import AUDIENCE, SCOPE, Issuer
+
+    with Issuer() as running:
+        app_settings.setenv("AUTH_MODE", "jwt")
+        app_settings.setenv("AUTH_ISSUER", running.url)
+        app_settings.setenv("AUTH_AUDIENCE", AUDIENCE)
+        app_settings.setenv("AUTH_REQUIRED_SCOPE", SCOPE)
+        reset_app_caches()
+        yield running
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from jwt.algorithms import RSAAlgorithm
 from tests.stubs import Recorded, Reply, StubServer
 
 AUDIENCE = "api://talk-backend"
+SCOPE = "Talk.Use"  # the scope the API exposes (docs/api.md's Entra set-up)
 
 
 class Issuer:
@@ -50,6 +51,7 @@ class Issuer:
             "iat": now,
             "nbf": now,
             "exp": now + 3600,
+            "scp": SCOPE,  # a user's token for the API, as the mobile app gets it
             **claims,
         }
         body = {k: v for k, v in body.items() if v is not None}

@@ -25,6 +25,8 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "decoding",
         "end_to_end",
         "telemetry",
+        "stt_cost",
+        "polling",
     }
     assert saved["machine"]["cores"] >= 1
     assert set(saved["stt"]) == {
@@ -49,4 +51,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert telemetry["workbook"]["cold_starts"] == 1
     assert set(telemetry["workbook"]["latency_ms"]) >= {"talk.stt", "talk.llm", "talk.tts"}
     assert "| tracing |" in (tmp_path / "latest.md").read_text()
+    assert saved["stt_cost"]["25 s"]["speech"]["outcome"] == "transcript"
+    [turn] = saved["polling"]["turns"].values()
+    assert set(turn) == {"2 s", "10 s"}
     assert (tmp_path / "workbook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -138,15 +138,21 @@ def test_replies_are_cached_only_when_asked_and_never_in_a_conversation(cached) 
         assert len(chat.requests) == 5
 
 
-def test_talk_reports_the_cache_hit(app_settings, host) -> None:
-    app_settings.setenv("LLM_CACHE", "on")
+def test_talk_reports_the_callers_own_cache_hit(app_settings, host) -> None:
     from tests.conftest import reset_app_caches
+    from tests.oidc import AUDIENCE, SCOPE, Issuer
 
-    reset_app_caches()
-    first = post(host, b'{"text": "Say thank you."}', "application/json")
-    # From another phone: the same body from the first one would be its retry.
-    other_phone = {"X-Forwarded-For": "203.0.113.9:40000"}
-    second = post(host, b'{"text": "Say thank you."}', "application/json", **other_phone)
+    with Issuer() as issuer:
+        app_settings.setenv("AUTH_MODE", "jwt")
+        app_settings.setenv("AUTH_ISSUER", issuer.url)
+        app_settings.setenv("AUTH_AUDIENCE", AUDIENCE)
+        app_settings.setenv("AUTH_REQUIRED_SCOPE", SCOPE)
+        app_settings.setenv("LLM_CACHE", "on")
+        reset_app_caches()
+        alice = {"Authorization": f"Bearer {issuer.token('alice')}"}
+        first = post(host, b'{"text": "Say thank you."}', "application/json", **alice)
+        # The same question in other letters: a new turn, answered from her cache.
+        second = post(host, b'{"text": "say thank you. "}', "application/json", **alice)
     assert first.status_code == second.status_code == 200
     assert body_of(first)["cache"] == []
     answer = body_of(second)

@@ -106,8 +106,8 @@ def test_bad_input_exits_2_with_one_line(make_args, says: str, tmp_path: Path) -
 
 def test_over_the_limits_from_settings_exits_2(tmp_path: Path) -> None:
     upload = _bad_upload(tmp_path, "q.m4a", phone_upload(QUESTIONS[0], "m4a"))
-    (tmp_path / ".env").write_text("MAX_AUDIO_BYTES=1000\n")
-    done = run_cli(upload, cwd=tmp_path)
+    (tmp_path / "settings.env").write_text("MAX_AUDIO_BYTES=1000\n")
+    done = run_cli(upload, "--env-file", "settings.env", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: audio is {Path(upload).stat().st_size} bytes; the limit is 1000 bytes"
@@ -115,7 +115,7 @@ def test_over_the_limits_from_settings_exits_2(tmp_path: Path) -> None:
 
 
 def test_a_broken_setting_exits_1_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("LLM_MAX_TOKENS=many\n")
-    done = run_cli("--text", "hi", cwd=tmp_path)
+    (tmp_path / "settings.env").write_text("LLM_MAX_TOKENS=many\n")
+    done = run_cli("--text", "hi", "--env-file", "settings.env", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: LLM_MAX_TOKENS must be a whole number, got 'many'"

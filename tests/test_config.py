@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Settings, local_values, settings_docs
+from shared.config import ENV_FILE, Settings, local_values, settings_docs
 from shared.errors import ConfigError
 from shared.security.secrets import SECRET_DOCS
 
@@ -53,7 +53,8 @@ def test_bad_values_say_which_setting(env: dict[str, str], says: str) -> None:
     assert str(raised.value) == says
 
 
-def test_dotenv_overrides_local_settings_json(tmp_path: Path) -> None:
+def test_dotenv_overrides_local_settings_json(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_FILE)
     (tmp_path / "local.settings.json").write_text(
         json.dumps({"IsEncrypted": False, "Values": {"LLM_MAX_TOKENS": "50", "LOG_LEVEL": "DEBUG"}})
     )
@@ -61,7 +62,8 @@ def test_dotenv_overrides_local_settings_json(tmp_path: Path) -> None:
     assert local_values(tmp_path) == {"LLM_MAX_TOKENS": "60", "LOG_LEVEL": "DEBUG"}
 
 
-def test_broken_local_settings_json_is_a_config_error(tmp_path: Path) -> None:
+def test_broken_local_settings_json_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_FILE)
     (tmp_path / "local.settings.json").write_text("{ not json")
     with pytest.raises(ConfigError, match=r"local\.settings\.json"):
         local_values(tmp_path)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import QUESTIONS, phone_upload, reset_app_caches
 from tests.test_functions import android_upload, body_of, post
-from tests.test_isolation import bearer, issuer  # noqa: F401 (a fixture)
+from tests.test_isolation import bearer
 
 JSON = "application/json"
 PHONE = {"X-Forwarded-For": "198.51.100.7:51234"}
@@ -86,7 +86,7 @@ def test_a_window_of_0_turns_it_off(chat, host, app_settings) -> None:
     assert rid_of(answers[0]) != rid_of(answers[1])
 
 
-def test_signed_in_callers_are_told_apart_by_who_they_are(chat, host, issuer) -> None:  # noqa: F811
+def test_signed_in_callers_are_told_apart_by_who_they_are(chat, host, issuer) -> None:
     alice, bob = bearer(issuer, "alice"), bearer(issuer, "bob")
     first = post(host, b'{"text": "What is on today?"}', JSON, **PHONE, **alice)
     # Alice's phone moved from Wi-Fi to mobile data: her retry still joins her turn...

@@ -24,8 +24,8 @@ from shared.security.identity import (
     identify,
     owner_of,
 )
-from shared.security.tokens import MIN_REFRESH_INTERVAL_S, TokenVerifier
-from tests.oidc import AUDIENCE, Issuer
+from shared.security.tokens import MIN_REFRESH_INTERVAL_S, TokenPolicy, TokenVerifier
+from tests.oidc import AUDIENCE, SCOPE, Issuer
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def verifier(issuer: Issuer, clock: Clock) -> TokenVerifier:
-    return TokenVerifier(issuer.url, AUDIENCE, clock=clock)
+    return TokenVerifier(issuer.url, AUDIENCE, TokenPolicy(SCOPE), clock=clock)
 
 
 def _b64(part: dict) -> bytes:
@@ -163,14 +163,18 @@ def test_unknown_key_ids_refresh_the_keys_at_most_once_a_minute(issuer, verifier
 
 
 def test_an_unreachable_issuer_is_503_not_401(issuer, clock) -> None:
-    verifier = TokenVerifier("http://127.0.0.1:9/tenant/v2.0", AUDIENCE, clock=clock)
+    verifier = TokenVerifier(
+        "http://127.0.0.1:9/tenant/v2.0", AUDIENCE, TokenPolicy(SCOPE), clock=clock
+    )
     for _ in range(3):  # also within the minute after the failed fetch
         with pytest.raises(AuthUnavailable):
             verifier.identity(issuer.token())
 
 
 def test_identify_needs_a_bearer_token_in_jwt_mode(issuer) -> None:
-    settings = Settings(auth_mode="jwt", auth_issuer=issuer.url, auth_audience=AUDIENCE)
+    settings = Settings(
+        auth_mode="jwt", auth_issuer=issuer.url, auth_audience=AUDIENCE, auth_required_scope=SCOPE
+    )
     for headers in ({}, {"authorization": "Basic abc"}, {"authorization": "Bearer "}):
         with pytest.raises(Unauthorized):
             identify(headers, settings)
@@ -207,5 +211,10 @@ def test_jwt_mode_needs_an_https_issuer_and_an_audience() -> None:
         Settings.from_env({"AUTH_MODE": "jwt"})
     with pytest.raises(ConfigError, match="https"):
         Settings.from_env(
-            {"AUTH_MODE": "jwt", "AUTH_ISSUER": "http://idp.example", "AUTH_AUDIENCE": "a"}
+            {
+                "AUTH_MODE": "jwt",
+                "AUTH_ISSUER": "http://idp.example",
+                "AUTH_AUDIENCE": "a",
+                "AUTH_REQUIRED_SCOPE": SCOPE,
+            }
         )

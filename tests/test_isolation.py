@@ -27,7 +27,7 @@ from tests.conftest import (
     reset_app_caches,
     run_async,
 )
-from tests.oidc import AUDIENCE, Issuer
+from tests.oidc import Issuer
 from tests.stubs import Reply, StubServer, elevenlabs_speech
 from tests.test_conversations import _conversation, start_conversation
 from tests.test_functions import (
@@ -42,16 +42,6 @@ from tests.test_functions import (
 JSON = "application/json"
 FORGET_ME = talk_forget_me.build().get_user_function()
 CLEANUP = daily_cleanup.build().get_user_function()
-
-
-@pytest.fixture
-def issuer(app_settings):
-    with Issuer() as running:
-        app_settings.setenv("AUTH_MODE", "jwt")
-        app_settings.setenv("AUTH_ISSUER", running.url)
-        app_settings.setenv("AUTH_AUDIENCE", AUDIENCE)
-        reset_app_caches()
-        yield running
 
 
 def job_of(host, rid: str) -> dict:

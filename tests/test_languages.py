@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +20,10 @@ import pytest
 
 from bench.run import FINNISH_QUESTIONS
 from shared.config import Settings
-from shared.errors import ConfigError, NoSpeech, ProviderError, Unintelligible
+from shared.errors import ConfigError, NoSpeech, ProviderError, SpeechTooCostly, Unintelligible
 from shared.pipeline import TalkRequest, generate, synthesize, talk, transcribe
 from shared.security.secrets import MappingSource, SecretStore
-from shared.stt.fasterwhisper import FasterWhisperTranscriber, _Attempt, loops
+from shared.stt.fasterwhisper import CpuBudget, FasterWhisperTranscriber, _Attempt, loops
 from tests.conftest import QUESTIONS, phone_upload, run_cli
 from tests.stubs import Reply, StubServer, chat_completion, elevenlabs_speech
 from tools import espeak_speech
@@ -176,12 +177,22 @@ SURE = _Attempt("What time does the pharmacy close?", -0.2, 1.0, 0.1)
         # Judged as no speech, and not confidently something else: dropped.
         ([_Attempt("you", -1.5, 0.5, 0.9)], "", [0.0]),
         ([_Attempt("Yes.", -0.4, 0.5, 0.9)], "Yes.", [0.0]),
+        # Repeating itself at two temperatures in a row: hotter samples will too. Stop
+        # (the caller refuses the looping transcript as unintelligible).
+        ([REPEATS, REPEATS, SURE], REPEATS.text, [0.0, 0.2]),
     ],
 )
 def test_decoding_falls_back_as_faster_whisper_does(script, expected, temperatures) -> None:
     decoder = ScriptedDecoder(script)
-    assert decoder._decode_with_fallback(None, "en") == expected
+    assert decoder._decode_with_fallback(None, "en", CpuBudget(math.inf)) == expected
     assert decoder.temperatures[: len(temperatures)] == temperatures
+
+
+def test_decoding_stops_when_its_cpu_budget_is_spent() -> None:
+    decoder = ScriptedDecoder([UNSURE, UNSURE, SURE])
+    with pytest.raises(SpeechTooCostly):
+        decoder._decode_with_fallback(None, "en", CpuBudget(-1))
+    assert decoder.temperatures == []  # checked before each decode
 
 
 # --- answering in the language heard ------------------------------------------------------

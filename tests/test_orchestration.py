@@ -87,6 +87,8 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "history": [],
         "in_conversation": False,
         "language": "en",
+        "spender": None,
+        "erasure_marks": None,
     }
 
     complete(history, "generate", generate["input"], REPLY)
@@ -100,6 +102,8 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "text": "I am well, thank you.",
         "voice": "Kim",
         "language": "en",
+        "spender": None,
+        "erasure_marks": None,
     }
 
     complete(history, "synthesize", synthesize["input"], SPEECH)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Settings
+from shared.config import ENV_FILE, Settings
 from shared.pipeline import TalkRequest, talk
 from shared.security.secrets import (
     KeyVaultSource,
@@ -75,8 +75,9 @@ def vault_source(vault: StubServer, certificates) -> KeyVaultSource:
 
 
 def test_environment_wins_over_local_files_over_key_vault(
-    tmp_path: Path, identity, vault, certificates
+    tmp_path: Path, identity, vault, certificates, monkeypatch
 ) -> None:
+    monkeypatch.delenv(ENV_FILE)
     (tmp_path / ".env").write_text("ELEVENLABS_API_KEY=sk_from_dotenv\n")
     settings = Settings(key_vault_url=vault.url, azure_client_id=CLIENT_ID)
     store = build_secret_store(
@@ -217,7 +218,11 @@ def test_non_interactive_run_warns_about_a_missing_key(tmp_path: Path) -> None:
 
 def test_in_a_terminal_a_missing_key_is_asked_for_and_saved(tmp_path: Path, stub_mp3) -> None:
     with StubServer(elevenlabs_speech(stub_mp3)) as eleven:
-        env = cli_environment(TTS_PROVIDER="elevenlabs", ELEVENLABS_BASE_URL=eleven.url)
+        env = cli_environment(
+            TTS_PROVIDER="elevenlabs",
+            ELEVENLABS_BASE_URL=eleven.url,
+            TALK_ENV_FILE=str(tmp_path / ".env"),  # where the key is saved for next time
+        )
         pid, fd = pty.fork()
         if pid == 0:  # the child: a terminal session of its own
             os.chdir(tmp_path)

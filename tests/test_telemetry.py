@@ -241,6 +241,7 @@ def test_spent_voice_budget_falls_back_to_the_embedded_voice(
 ) -> None:
     _, voice = paid
     app_settings.setenv("TTS_DAILY_CHARACTER_BUDGET", str(len(REPLY)))
+    app_settings.setenv("BUDGET_SHARE_PER_CALLER", "1")  # the day's budget, not a share
     app_settings.setenv("TTS_CACHE", "off")
     reset_app_caches()
     _fresh_day()
@@ -267,6 +268,7 @@ def test_spent_voice_budget_falls_back_to_the_embedded_voice(
 def test_spent_token_budget_answers_503_until_midnight(paid, host, app_settings) -> None:
     chat, _ = paid
     app_settings.setenv("LLM_DAILY_TOKEN_BUDGET", "50")  # the stub bills 30 a call
+    app_settings.setenv("BUDGET_SHARE_PER_CALLER", "1")  # the day's budget, not a share
     reset_app_caches()
     _fresh_day()
     answers = [post(host, json.dumps({"text": f"Q{i}"}).encode(), JSON) for i in range(3)]

@@ -6,6 +6,10 @@ before the provider is called and charged after it answered, so a day can oversh
 the requests in flight when it runs out, never by more. A warning is logged when a day's
 use crosses 80%, once across every instance.
 
+With `BUDGET_SHARE_PER_CALLER` below 1, each spender (a client address in key mode, a
+signed-in caller) may use only that fraction of a day's budget, counted on a row of its
+own, so one address cannot spend the day for everyone.
+
 Every paid call charges the same day's budget, so each budget is counted over `SHARDS`
 rows: a charge adds to one at random (another, if that one stays contended), a check
 sums them in one query. On one row, a burst of concurrent charges outlasted the
@@ -18,11 +22,13 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.config import Settings
 from shared.errors import RetryLater
 from shared.lazy import load_once
+from shared.security.ratelimit import hashed, subject_salt
 from shared.storage import table_service, unavailable
 from shared.storage.counters import CounterContended, Counters
 from shared.telemetry import metrics
@@ -37,11 +43,25 @@ WARN_AT = 0.8
 SHARDS = 8
 TTS_CHARACTERS = "tts-characters"
 LLM_TOKENS = "llm-tokens"
+BUDGETS = (TTS_CHARACTERS, LLM_TOKENS)
 
 
 class BudgetExhausted(RetryLater):
     status = 503
     code = "budget_exhausted"
+
+
+@dataclass(frozen=True)
+class Share:
+    """One spender's part of each daily budget: `fraction` of it, counted under the
+    spender's hashed subject (a key-mode address, a signed-in caller)."""
+
+    spender: str
+    fraction: float
+
+    def row(self, name: str) -> str:
+        # "@" sorts apart from the shards ("name.N") and the flag ("name!warned").
+        return f"{name}@{self.spender}"
 
 
 class Budgets:
@@ -56,8 +76,9 @@ class Budgets:
         self._warned: dict[str, str] = {}  # budget name: the day it passed 80%
         self._read: dict[str, tuple[str, int]] = {}  # budget name: (day, use) `check` read
 
-    def check(self, name: str, limit: int) -> None:
-        """BudgetExhausted when today's `name` has reached `limit` (0: no limit)."""
+    def check(self, name: str, limit: int, share: Share | None = None) -> None:
+        """BudgetExhausted when today's `name` has reached `limit` (0: no limit), or the
+        spender of `share` has reached its part of it."""
         if limit <= 0:
             return
         from azure.core.exceptions import AzureError
@@ -65,19 +86,21 @@ class Budgets:
         now = self._clock()
         try:
             used = self._counters.total(_day(now), f"{name}.")
+            own = self._counters.total(_day(now), share.row(name)) if share else 0
         except AzureError as error:
             raise unavailable("budgets", error) from None
         self._read[name] = (_day(now), used)
-        if used >= limit:
+        if used >= limit or (share and own >= share.fraction * limit):
             metrics.budget_spent(name)
-            retry_after = _seconds_to_midnight(now)
+            whose = "today's" if used >= limit else "your share of today's"
             raise BudgetExhausted(
-                f"today's {name.replace('-', ' ')} budget is spent; retry after midnight UTC",
-                retry_after,
+                f"{whose} {name.replace('-', ' ')} budget is spent; retry after midnight UTC",
+                _seconds_to_midnight(now),
             )
 
-    def charge(self, name: str, limit: int, amount: int) -> None:
-        """Add what a call used to today's `name` (nothing when there is no limit)."""
+    def charge(self, name: str, limit: int, amount: int, share: Share | None = None) -> None:
+        """Add what a call used to today's `name` (nothing when there is no limit), and to
+        the spender's part of it."""
         if limit <= 0 or amount <= 0:
             return
         from azure.core.exceptions import AzureError
@@ -85,6 +108,8 @@ class Budgets:
         day = _day(self._clock())
         try:
             self._add_to_some_shard(day, name, amount)
+            if share:
+                self._counters.add(day, share.row(name), amount)
         except (AzureError, CounterContended) as error:
             # The call is made and answered: a charge that could not be written is logged,
             # not turned into a failure of a request that already succeeded.
@@ -123,6 +148,10 @@ class Budgets:
         if self._counters.mark(day, f"{name}!warned"):
             log.warning("Budget %s: %d of %d used today (80%%)", name, total, limit)
 
+    def forget(self, spender: str) -> int:
+        """Delete an erased caller's parts of every day's budgets."""
+        return self._counters.forget([Share(spender, 1).row(name) for name in BUDGETS])
+
 
 def _day(now: dt.datetime) -> str:
     return now.strftime("day-%Y%m%d")
@@ -131,6 +160,17 @@ def _day(now: dt.datetime) -> str:
 def _seconds_to_midnight(now: dt.datetime) -> int:
     midnight = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return max(1, int((midnight - now).total_seconds()) + 1)
+
+
+def forget_spending(owner: str, settings: Settings) -> int:
+    """Delete an erased signed-in caller's parts of the daily budgets."""
+    return budgets(settings).forget(hashed(f"caller:{owner}", subject_salt(settings)))
+
+
+def share_of(spender: str | None, settings: Settings) -> Share | None:
+    """The part of each budget `spender` may use, or None (no spender, no share)."""
+    fraction = settings.budget_share_per_caller
+    return Share(spender, fraction) if spender and fraction < 1 else None
 
 
 @load_once

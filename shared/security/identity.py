@@ -81,11 +81,18 @@ def identify(headers: Mapping[str, str], settings: Settings) -> Caller:
     address = client_address(headers)
     if settings.auth_mode == "key":
         return Caller(SHARED_OWNER, address, authenticated=False)
-    from shared.security.tokens import token_verifier
+    from shared.security.tokens import TokenPolicy, token_verifier
 
     authorization = headers.get("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a bearer token is required")
-    identity = token_verifier(settings.auth_issuer, settings.auth_audience).identity(token.strip())
+    verifier = token_verifier(
+        settings.auth_issuer,
+        settings.auth_audience,
+        TokenPolicy(
+            settings.auth_required_scope, settings.auth_required_role, settings.allowed_clients
+        ),
+    )
+    identity = verifier.identity(token.strip())
     return Caller(owner_of(identity), address, authenticated=True)

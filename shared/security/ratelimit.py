@@ -5,17 +5,21 @@ scales out. Each limit is a fixed window (a minute, a day): one entity per windo
 subject, incremented under optimistic concurrency (the entity's ETag), so two instances
 counting at once cannot lose an increment. A counter still contended after a few jittered
 retries refuses the request (429) rather than letting it through uncounted: a burst aimed
-at one counter cannot slip past it. Subjects are stored hashed (not in clear; an IPv4
-address could still be found from its hash by trying them all). Old windows are deleted by
-the daily clean-up (`sweep`).
+at one counter cannot slip past it. Subjects are stored as an HMAC under a salt of this
+deployment's own (made once, kept in the table), so an address cannot be found from its
+row by trying every address. Old windows are deleted by the daily clean-up (`sweep`), an
+erased caller's at once (`forget_caller`).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
+import hmac
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +53,11 @@ class Limit:
 
 
 class RateLimiter:
-    def __init__(self, table: TableClient, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, table: TableClient, *, salt: bytes = b"", clock: Callable[[], float] = time.time
+    ) -> None:
         self._counters = Counters(table)
+        self._salt = salt
         self._clock = clock
 
     def admit(self, subject: str, limits: list[Limit]) -> None:
@@ -64,7 +71,7 @@ class RateLimiter:
 
         now = self._clock()
         window = int(now // limit.window_s)
-        partition, row = f"{limit.window_s}-{window:012d}", _hashed(subject)
+        partition, row = f"{limit.window_s}-{window:012d}", hashed(subject, self._salt)
         try:
             self._counters.add(partition, row, 1, below=limit.allowed)
         except CounterFull:
@@ -91,49 +98,113 @@ class RateLimiter:
             return 0
         for entity in entities:
             window_s, _, window = entity["PartitionKey"].partition("-")
+            if not (window_s.isdigit() and window.isdigit()):  # the salt, not a window
+                continue
             if (int(window) + 1) * int(window_s) < cutoff:
                 self._counters.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
                 deleted += 1
         return deleted
 
+    def forget(self, subjects: list[str]) -> int:
+        """Delete every window's counters of these subjects (an erased caller's); how many."""
+        return self._counters.forget([hashed(subject, self._salt) for subject in subjects])
 
-def _hashed(subject: str) -> str:
-    return hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+def hashed(subject: str, salt: bytes) -> str:
+    """How a subject is stored: keyed by this deployment's own salt, so an address cannot
+    be found from its row by hashing every address there is."""
+    return hmac.new(salt, subject.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@load_once
+def subject_salt(settings: Settings) -> bytes:
+    """This deployment's salt, made by whichever instance needs it first."""
+    from azure.core.exceptions import AzureError
+
+    table = table_service(settings).get_table_client(TABLE)
+    try:
+        agreed = Counters(table).agreed("config", "subject-salt", secrets.token_hex(32))
+    except AzureError as error:
+        raise unavailable("rate limits", error) from None
+    return bytes.fromhex(agreed)
+
+
+def spender(caller: Caller, settings: Settings) -> str:
+    """The caller as its share of the daily budgets counts it, hashed: a signed-in caller,
+    or in key mode the client address (as its rate limit counts it)."""
+    subject = (
+        f"caller:{caller.owner}" if caller.authenticated else address_subject(caller.address or "")
+    )
+    return hashed(subject, subject_salt(settings))
+
+
+def forget_caller(owner: str, settings: Settings) -> int:
+    """Delete an erased caller's rate-limit counters."""
+    subjects = [f"caller:{owner}", f"read-caller:{owner}"]
+    return rate_limiter(settings).forget(subjects)
 
 
 def address_subject(address: str) -> str:
     """What one client address counts as: an IPv6 address by its /64 (one customer's
-    network can hold 2^64 of them)."""
+    network can hold 2^64 of them), an IPv4 address written as IPv6 (`::ffff:a.b.c.d`)
+    as that IPv4 address, not as the one /64 all of IPv4 would share."""
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
         return f"address:{address}"
+    if parsed.version == 6 and parsed.ipv4_mapped:
+        parsed = parsed.ipv4_mapped
     if parsed.version == 6:
         return f"address:{ipaddress.ip_network(f'{parsed}/64', strict=False)}"
     return f"address:{parsed}"
 
 
-def limits_for(caller: Caller, settings: Settings) -> list[tuple[str, list[Limit]]]:
-    """(subject, limits) pairs that apply to a caller's `POST /talk`: the client address's
+class Access(enum.Enum):
+    """What a route does: writes (a turn, an erasure) cost far more than reads (a reply or
+    a conversation fetched, a status polled), and are counted apart."""
+
+    WRITE = "write"
+    READ = "read"
+
+
+def limits_for(
+    caller: Caller, settings: Settings, access: Access = Access.WRITE
+) -> list[tuple[str, list[Limit]]]:
+    """(subject, limits) pairs that apply to a caller's request: the client address's
     ceiling in either mode, and a signed-in caller's own allowance."""
+    reads = access is Access.READ
+    prefix = "read-" if reads else ""
     pairs = []
     if caller.address:
-        per_address = Limit(
-            "per minute from one address", 60, settings.rate_limit_per_address_per_minute
+        per_address = (
+            [
+                Limit(
+                    "reads per minute from one address",
+                    60,
+                    settings.rate_limit_reads_per_address_per_minute,
+                )
+            ]
+            if reads
+            else [
+                Limit(
+                    "per minute from one address", 60, settings.rate_limit_per_address_per_minute
+                ),
+                Limit("per day from one address", 86_400, settings.rate_limit_per_address_per_day),
+            ]
         )
-        pairs.append((address_subject(caller.address), [per_address]))
+        pairs.append((prefix + address_subject(caller.address), per_address))
     elif settings.rate_limit_per_address_per_minute:
         _warn_no_address()
     if caller.authenticated:
-        pairs.append(
-            (
-                f"caller:{caller.owner}",
-                [
-                    Limit("per minute", 60, settings.rate_limit_per_minute),
-                    Limit("per day", 86_400, settings.rate_limit_per_day),
-                ],
-            )
+        own = (
+            [Limit("reads per minute", 60, settings.rate_limit_reads_per_minute)]
+            if reads
+            else [
+                Limit("per minute", 60, settings.rate_limit_per_minute),
+                Limit("per day", 86_400, settings.rate_limit_per_day),
+            ]
         )
+        pairs.append((f"{prefix}caller:{caller.owner}", own))
     return pairs
 
 
@@ -144,9 +215,9 @@ def _warn_no_address() -> None:
     log.warning("No X-Forwarded-For on a request: the per-address rate limit cannot apply")
 
 
-def admit(caller: Caller, settings: Settings) -> None:
-    """Count a `POST /talk` against the caller's limits (RateLimited when spent)."""
-    pairs = limits_for(caller, settings)
+def admit(caller: Caller, settings: Settings, access: Access = Access.WRITE) -> None:
+    """Count a request against the caller's limits for its kind (RateLimited when spent)."""
+    pairs = limits_for(caller, settings, access)
     if not any(limit.allowed for _, limits in pairs for limit in limits):
         return
     limiter = rate_limiter(settings)
@@ -156,4 +227,5 @@ def admit(caller: Caller, settings: Settings) -> None:
 
 @load_once
 def rate_limiter(settings: Settings) -> RateLimiter:
-    return RateLimiter(table_service(settings).get_table_client(TABLE))
+    table = table_service(settings).get_table_client(TABLE)
+    return RateLimiter(table, salt=subject_salt(settings))

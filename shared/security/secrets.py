@@ -197,7 +197,7 @@ def build_secret_store(
     **key_vault_options: object,
 ) -> SecretStore:
     sources: list[SecretSource] = [MappingSource("environment", environ or os.environ)]
-    local = local_values(root or Path.cwd())
+    local = local_values(root) if root else local_values()
     if local:
         sources.append(MappingSource(".env/local.settings.json", local))
     if settings.key_vault_url:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,17 +35,42 @@ _TIMEOUT = (5, 10)
 _INVALID = "the bearer token is not valid"
 
 
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a valid token must also be for: the API's delegated `scope` (`scp`, or the
+    `scope` other issuers use) or an app `role`; and, when `clients` are named, issued to
+    one of them (`azp`; `appid` in Entra v1 tokens)."""
+
+    scope: str = ""
+    role: str = ""
+    clients: frozenset[str] = frozenset()
+
+    def allows(self, claims: dict[str, Any]) -> bool:
+        granted = claims.get("scp", claims.get("scope"))
+        scopes = granted.split() if isinstance(granted, str) else []
+        roles = claims.get("roles")
+        roles = roles if isinstance(roles, list) else []
+        if not ((self.scope and self.scope in scopes) or (self.role and self.role in roles)):
+            return False
+        client = claims.get("azp", claims.get("appid"))
+        return not self.clients or (isinstance(client, str) and client in self.clients)
+
+
 class TokenVerifier:
     def __init__(
         self,
         issuer: str,
         audience: str,
+        policy: TokenPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
+        self.policy = policy
+        # Entra issuers name their tenant in the first segment of the path.
+        self._tenant = urlsplit(issuer).path.strip("/").split("/")[0]
         self._clock = clock
         self._session = session or requests.Session()
         # kid -> (key, the algorithms it may verify)
@@ -79,16 +105,19 @@ class TokenVerifier:
         except (jwt.PyJWTError, TypeError, ValueError) as error:
             log.info("Bearer token refused: %s", type(error).__name__)
             raise Unauthorized(_INVALID) from None
+        if not self.policy.allows(claims):
+            log.info("Bearer token refused: not for this API's scope, role or clients")
+            raise Unauthorized(_INVALID)
         tenant, object_id = claims.get("tid"), claims.get("oid")
         # Entra's tenant and object id name the user across its applications; trusted only
-        # when the token's tenant is the one in AUTH_ISSUER (another issuer may let users
-        # set claims of those names).
+        # when the token's tenant is the one AUTH_ISSUER names (another issuer may let
+        # users set claims of those names).
         if (
             isinstance(tenant, str)
             and isinstance(object_id, str)
             and tenant
             and object_id
-            and f"/{tenant}/" in f"{urlsplit(self.issuer).path}/"
+            and tenant == self._tenant
         ):
             return f"entra\n{tenant}\n{object_id}"
         return f"{claims['iss']}\n{claims['sub']}"
@@ -180,6 +209,6 @@ def check_issuer_url(url: str) -> str:
 
 
 @load_once
-def token_verifier(issuer: str, audience: str) -> TokenVerifier:
+def token_verifier(issuer: str, audience: str, policy: TokenPolicy) -> TokenVerifier:
     """The process's verifier for an issuer and audience, so its keys are cached once."""
-    return TokenVerifier(issuer, audience)
+    return TokenVerifier(issuer, audience, policy)

@@ -39,6 +39,7 @@ T = TypeVar("T")
 NEW = "new"  # what a client sends to start a conversation
 META = "meta"
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ISSUED_ID = re.compile(r"^[0-9a-f]{32}$")  # what new_conversation_id makes
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class Turn:
 def new_conversation_id() -> str:
     """128 random bits: a conversation id no one can guess."""
     return secrets.token_hex(16)
+
+
+def issued_conversation_id(value: str | None) -> str:
+    """A conversation id as the server issues them (32 hex digits), else NotFound: no
+    other name (`_`, the folder of requests without a conversation, or one a client made
+    up) can reach another conversation's data."""
+    if value is None or not _ISSUED_ID.match(value):
+        raise NotFound("unknown conversation")
+    return value
 
 
 def validate_conversation_id(value: str | None) -> str | None:

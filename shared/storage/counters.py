@@ -54,6 +54,39 @@ class Counters:
         except ResourceNotFoundError:  # no table yet
             return 0
 
+    def agreed(self, partition: str, row: str, proposal: str) -> str:
+        """A value every instance agrees on: the first one written, `proposal` if none was."""
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            return str(self.table.get_entity(partition, row)["value"])
+        except ResourceNotFoundError:
+            pass
+        try:
+            self._create({"PartitionKey": partition, "RowKey": row, "value": proposal})
+        except ResourceExistsError:  # another instance wrote first
+            return str(self.table.get_entity(partition, row)["value"])
+        return proposal
+
+    def forget(self, rows: list[str]) -> int:
+        """Delete the counters with these row keys in every partition; how many."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        deleted = 0
+        for row in rows:
+            try:
+                found = list(
+                    self.table.query_entities(
+                        "RowKey eq @row", parameters={"row": row}, select=["PartitionKey"]
+                    )
+                )
+            except ResourceNotFoundError:  # no table yet
+                return deleted
+            for entity in found:
+                self.table.delete_entity(entity["PartitionKey"], row)
+                deleted += 1
+        return deleted
+
     def mark(self, partition: str, row: str) -> bool:
         """Set a flag once across every instance: True for the one call that set it."""
         from azure.core.exceptions import ResourceExistsError

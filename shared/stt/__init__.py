@@ -51,4 +51,6 @@ def get_transcriber(settings: Settings) -> Transcriber:
     from shared.stt.models import resolve
 
     model = load_whisper_model(resolve(settings), settings.whisper_compute_type)
-    return FasterWhisperTranscriber(model, settings.whisper_beam_size, settings.language_list)
+    return FasterWhisperTranscriber(
+        model, settings.whisper_beam_size, settings.language_list, settings.max_stt_cpu_seconds
+    )

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.errors import Unintelligible
+from shared.errors import SpeechTooCostly, Unintelligible
 from shared.lazy import load_once
 from shared.stt import Transcript
 
@@ -49,6 +50,11 @@ FULL_WINDOW_S = 30
 MAX_NEW_TOKENS = 224
 # faster-whisper's own defaults for its fallback.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Speech longer than a window decodes window after window: a shorter ladder with fewer
+# samples, so audio that no temperature makes sense of cannot buy six decodes of five
+# samples per 30 s (63-75 CPU-seconds for 112 s of one phrase repeated).
+LONG_TEMPERATURES = (0.0, 0.4, 0.8)
+LONG_BEST_OF = 2
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
@@ -116,15 +122,38 @@ def _repeats_throughout(words: list[str]) -> bool:
     return False
 
 
+class CpuBudget:
+    """The CPU time a transcription may take, checked between decodes. It is the process's
+    CPU clock (CTranslate2 decodes on threads of its own), so decodes of other requests
+    running at the same time count too: the limit leaves room for that."""
+
+    def __init__(self, seconds: float) -> None:
+        self._limit = seconds
+        self._started = time.process_time()
+
+    def check(self) -> None:
+        spent = time.process_time() - self._started
+        if spent > self._limit:
+            log.warning("Transcription stopped after %.1f CPU-seconds (its budget)", spent)
+            raise SpeechTooCostly(
+                "the speech could not be made out in reasonable time; please say it again"
+            )
+
+
 class FasterWhisperTranscriber:
     name = "faster-whisper"
 
     def __init__(
-        self, model: WhisperModel, beam_size: int, languages: tuple[str, ...] = ("en",)
+        self,
+        model: WhisperModel,
+        beam_size: int,
+        languages: tuple[str, ...] = ("en",),
+        cpu_budget_s: float = math.inf,
     ) -> None:
         self._model = model
         self._beam_size = beam_size
         self._languages = languages
+        self._cpu_budget_s = cpu_budget_s
 
     @property
     def multilingual(self) -> bool:
@@ -143,10 +172,11 @@ class FasterWhisperTranscriber:
         window_s = max(
             SHORT_WINDOW_MIN_S, math.ceil(len(speech) / SAMPLE_RATE + SILENCE_AFTER_SPEECH_S)
         )
+        budget = CpuBudget(self._cpu_budget_s)
         if window_s < FULL_WINDOW_S:
-            text, language = self._transcribe_window(speech, window_s, language)
+            text, language = self._transcribe_window(speech, window_s, language, budget)
         else:
-            text, language = self._transcribe_long(speech, language)
+            text, language = self._transcribe_long(speech, language, budget)
         if text and loops(text):
             raise Unintelligible("the speech could not be made out; please say it again")
         return Transcript(text=text, language=language, duration_s=duration)
@@ -158,7 +188,7 @@ class FasterWhisperTranscriber:
         return {token[2:-2]: p for token, p in probabilities if token[2:-2] in self._languages}
 
     def _transcribe_window(
-        self, speech: np.ndarray, window_s: int, language: str | None
+        self, speech: np.ndarray, window_s: int, language: str | None, budget: CpuBudget
     ) -> tuple[str, str]:
         padded = np.zeros(window_s * SAMPLE_RATE, dtype=np.float32)
         padded[: len(speech)] = speech
@@ -167,7 +197,8 @@ class FasterWhisperTranscriber:
         first: _Attempt | None = None
         if self.multilingual and not language:
             language, first = self._choose_language(encoded, len(speech) / SAMPLE_RATE)
-        return self._decode_with_fallback(encoded, language or "en", first), language or "en"
+        text = self._decode_with_fallback(encoded, language or "en", budget, first)
+        return text, language or "en"
 
     def _choose_language(self, encoded: object, speech_s: float) -> tuple[str, _Attempt | None]:
         """The expected language the speech is in. When Whisper's own detection is sure, that
@@ -243,13 +274,14 @@ class FasterWhisperTranscriber:
         return _Attempt(text, avg_logprob, compression_ratio(text), result.no_speech_prob, complete)
 
     def _decode_with_fallback(
-        self, encoded: object, language: str, first: _Attempt | None = None
+        self, encoded: object, language: str, budget: CpuBudget, first: _Attempt | None = None
     ) -> str:
         attempts: list[_Attempt] = []
         for temperature in TEMPERATURES:
             if temperature == 0 and first is not None:
                 attempt = first
             else:
+                budget.check()
                 attempt = self._decode(encoded, language, temperature=temperature)
             if (
                 attempt.no_speech_prob > NO_SPEECH_THRESHOLD
@@ -259,12 +291,16 @@ class FasterWhisperTranscriber:
             if not attempt.needs_fallback:
                 return attempt.text
             attempts.append(attempt)
+            if len(attempts) >= 2 and all(loops(a.text) for a in attempts[-2:]):
+                break  # it repeats itself whatever the temperature: more samples will too
         # None passed: the most confident of those that do not repeat themselves, as
         # faster-whisper does; the caller refuses it if it still loops.
         readable = [a for a in attempts if a.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
         return max(readable or attempts, key=lambda a: a.avg_logprob).text
 
-    def _transcribe_long(self, speech: np.ndarray, language: str | None) -> tuple[str, str]:
+    def _transcribe_long(
+        self, speech: np.ndarray, language: str | None, budget: CpuBudget
+    ) -> tuple[str, str]:
         if self.multilingual and not language:
             start = speech[: FULL_WINDOW_S * SAMPLE_RATE]
             features = self._model.feature_extractor(start)[:, : FULL_WINDOW_S * FRAMES_PER_SECOND]
@@ -273,13 +309,24 @@ class FasterWhisperTranscriber:
             speech,
             language=language if self.multilingual else None,
             beam_size=self._beam_size,
+            temperature=LONG_TEMPERATURES,
+            best_of=LONG_BEST_OF,
             vad_filter=False,  # already applied
             condition_on_previous_text=False,
             # Timestamps let it cut 30 s windows at segment ends: without them, words that
             # straddle a window are lost (58% WER on 47 s of speech, against 1%).
             without_timestamps=False,
         )
-        return " ".join(segment.text.strip() for segment in segments).strip(), info.language
+        texts: list[str] = []
+        # Segments come as each window is decoded: the first that loops ends the work
+        # (the rest of a recording that loops is not worth decoding), and so does the
+        # budget.
+        for segment in segments:
+            texts.append(segment.text.strip())
+            if segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD or loops(" ".join(texts)):
+                raise Unintelligible("the speech could not be made out; please say it again")
+            budget.check()
+        return " ".join(texts).strip(), info.language
 
 
 @load_once

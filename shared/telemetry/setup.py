@@ -109,8 +109,11 @@ def install(
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
+    from shared.telemetry.urls import StorageUrlRedactor
+
     resource = resource or Resource.create({"service.name": "talk"})
     tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    tracer_provider.add_span_processor(StorageUrlRedactor())  # before any exporter
     tracer_provider.add_span_processor(span_processor)
     trace.set_tracer_provider(tracer_provider)
     otel_metrics.set_meter_provider(
@@ -142,12 +145,16 @@ def _azure_monitor(settings: Settings) -> None:
     from azure.identity import ManagedIdentityCredential
     from azure.monitor.opentelemetry import configure_azure_monitor
 
+    from shared.telemetry.urls import StorageUrlRedactor
+
     configure_azure_monitor(
         connection_string=settings.applicationinsights_connection_string,
         # Application Insights takes Entra ID tokens only (local auth is off in the Bicep).
         credential=ManagedIdentityCredential(client_id=settings.azure_client_id or None),
         # The Functions host already ships the worker's log lines.
         disable_logging=True,
+        # Ahead of the distro's exporter: storage URLs name no blob or entity.
+        span_processors=[StorageUrlRedactor()],
         instrumentation_options={
             name: {"enabled": name in ("azure_sdk", "requests")} for name in _INSTRUMENTATIONS
         },

@@ -9,8 +9,10 @@ failures, retries and retry timers in that history.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 import traceback
@@ -144,6 +146,10 @@ class LocalDurableHost:
         self.status_reads = 0  # what each is in Azure: a read of the Instances table
         self.started: list[str] = []
         self._lock = threading.Lock()
+        # The extension's API is for this process's functions alone: a random key in the
+        # path (the Durable client appends its calls to `rpcBaseUrl`) keeps anything else
+        # on the machine from reading or deleting another caller's instances.
+        self._key = secrets.token_urlsafe(32)
         self._server = LoopbackServer(self._answer)
 
     def __enter__(self) -> LocalDurableHost:
@@ -155,7 +161,7 @@ class LocalDurableHost:
 
     def client_binding(self) -> str:
         """What the extension passes to a function's `durableClient` binding."""
-        base = f"{self._server.url}/runtime/webhooks/durabletask/"
+        base = f"{self._server.url}/{self._key}/runtime/webhooks/durabletask/"
         return json.dumps(
             {
                 "taskHubName": "TalkHub",
@@ -175,7 +181,10 @@ class LocalDurableHost:
     # --- the extension's HTTP API ----------------------------------------------------
 
     def _answer(self, request: Recorded) -> Reply:
-        parts = request.path.strip("/").split("/")
+        key, _, path = request.path.strip("/").partition("/")
+        if not hmac.compare_digest(key.encode(), self._key.encode()):
+            return Reply(401)
+        parts = path.split("/")
         if request.method == "POST" and "orchestrators" in parts:
             name, instance_id = parts[parts.index("orchestrators") + 1 :][:2]
             self._start(name, instance_id, request.body, request.headers.get("traceparent"))

@@ -219,7 +219,7 @@ class FunctionsHttpHost:
                 return func.HttpResponse(status_code=401)
             try:
                 body = read_body(request, self.body_limit)
-            except ValueError:  # a malformed chunk size
+            except ValueError:  # a malformed length or chunk size
                 request.close_connection = True
                 return func.HttpResponse(status_code=400)
             if body is None:
@@ -258,10 +258,12 @@ class FunctionsHttpHost:
 
 
 def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
-    """The request body (chunked or with a length), or None when it is over `limit`."""
+    """The request body (chunked or with a length), or None when it is over `limit`;
+    ValueError for a length or chunk size that is not plain digits (a negative one would
+    read to the end of the stream, past the limit)."""
     if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
         chunks, total = [], 0
-        while size := int(request.rfile.readline().split(b";")[0].strip() or b"0", 16):
+        while size := _digits(request.rfile.readline(64).split(b";")[0].strip() or b"0", 16):
             total += size
             if total > limit:
                 request.close_connection = True
@@ -271,8 +273,15 @@ def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
         while request.rfile.readline().strip():  # trailers
             pass
         return b"".join(chunks)
-    length = int(request.headers.get("Content-Length") or 0)
+    length = _digits((request.headers.get("Content-Length") or "0").strip().encode(), 10)
     if length > limit:
         request.close_connection = True
         return None
     return request.rfile.read(length) if length else b""
+
+
+def _digits(text: bytes, base: int) -> int:
+    allowed = b"0123456789abcdefABCDEF"[: 10 if base == 10 else 22]
+    if not text or len(text) > 16 or text.strip(allowed):
+        raise ValueError("not a length")
+    return int(text, base)
