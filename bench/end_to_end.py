@@ -197,36 +197,32 @@ def _measure(job: dict[str, Any], uploads: list[bytes]) -> dict[str, Any]:
 
 def polling(job: dict[str, Any]) -> dict[str, Any]:
     """How long `POST /talk` takes to notice a turn's end, and how many status reads that
-    costs, for each fast-polling window in `job["windows"]`, on turns of two lengths
-    (`job["turns"]`: chat and voice delays), the same uploads for every window."""
+    costs, for each fast-polling window in `job["windows"]`, the same uploads for every
+    window, on a turn of `job["llm_delay_s"]` and `job["tts_delay_s"]` provider time."""
     from talk import api
 
     uploads = [Path(path).read_bytes() for path in job["clips"]]
-    results: dict[str, Any] = {}
-    for llm_delay_s, tts_delay_s in job["turns"]:
-        turn = {**job, "llm_delay_s": llm_delay_s, "tts_delay_s": tts_delay_s}
-        with stand_in_providers(turn), serving() as (durable, post):
-            post(uploads[0]).raise_for_status()  # warm up
-            noticed: dict[float, list[float]] = {w: [] for w in job["windows"]}
-            reads: dict[float, int] = dict.fromkeys(job["windows"], 0)
-            for _ in range(job["repeats"]):
-                for upload in uploads:
-                    for window in job["windows"]:  # interleaved: the same noise for each
-                        api.FAST_POLL_WINDOW_S = window
-                        before = durable.status_reads
-                        response = post(upload)
-                        response.raise_for_status()
-                        reads[window] += durable.status_reads - before
-                        rid = response.json()["request_id"]
-                        at = dict(durable.timeline[rid])
-                        wait = server_timing(response)["wait"]
-                        noticed[window].append(wait - (at["done"] - at["requested"]) * 1000)
-        length = f"turn with chat {llm_delay_s:g} s and voice {tts_delay_s:g} s"
-        results[length] = {
+    noticed: dict[float, list[float]] = {window: [] for window in job["windows"]}
+    reads = dict.fromkeys(job["windows"], 0)
+    with stand_in_providers(job), serving() as (durable, post):
+        post(uploads[0]).raise_for_status()  # warm up
+        for _ in range(job["repeats"]):
+            for upload in uploads:
+                for window in job["windows"]:  # interleaved: the same noise for each
+                    api.FAST_POLL_WINDOW_S = window
+                    before = durable.status_reads
+                    response = post(upload)
+                    response.raise_for_status()
+                    reads[window] += durable.status_reads - before
+                    at = dict(durable.timeline[response.json()["request_id"]])
+                    waited = server_timing(response)["wait"]
+                    noticed[window].append(waited - (at["done"] - at["requested"]) * 1000)
+    return {
+        "windows": {
             f"{window:g} s": {
                 "end_noticed_after_ms": percentiles(values),
                 "status_reads_per_request": round(reads[window] / len(values), 1),
             }
             for window, values in noticed.items()
         }
-    return {"turns": results}
+    }

@@ -27,9 +27,9 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   the time the HTTP path adds goes;
 - request_checks: what establishing the caller (function key or bearer token), counting its
   rate limits in Table Storage, claiming the request id, parsing the app's multipart upload
-  (against Werkzeug's form parser, which refused long recordings) and the check for a
-  request sent again (the body's SHA-256 and the record's two writes) add to each
-  `POST /talk`;
+  (against Werkzeug's form parser, which refused long recordings), the check for a
+  request sent again (the body's SHA-256 and the record's two writes), the erasure
+  tombstones and a caller's share of a daily budget add to each `POST /talk`;
 - polling: how soon `POST /talk` notices a turn's end and how many status reads that
   costs, for fast-polling windows of 2, 3, 5 and 10 s on a 2.5 s and a 5.5 s turn;
 - telemetry: the same HTTP path with tracing on and off, each upload both ways in a row,
@@ -343,15 +343,22 @@ def bench_with_stand_ins(
 
 def bench_polling(clips: list, storage: str, quick: bool) -> dict[str, Any]:
     """The fast-polling window of `POST /talk` (`FAST_POLL_WINDOW_S`) at 2, 3, 5 and 10 s,
-    on a 2.5 s and a 5.5 s turn (chat and voice stand-ins slow enough for that)."""
+    on turns of about 2.5, 4 and 5.5 s (chat and voice stand-ins slow enough for that),
+    each in a fresh process."""
+    turns = [(1.2, 0.8)] if quick else [(1.2, 0.8), (2.2, 1.0), (3.5, 1.5)]
+    results = {}
     with tempfile.TemporaryDirectory() as folder:
-        job = {
-            "clips": _clip_files(Path(folder), clips),
-            "repeats": 1 if quick else 4,
-            "windows": [2.0, 10.0] if quick else [2.0, 3.0, 5.0, 10.0],
-            "turns": [[1.2, 0.8]] if quick else [[1.2, 0.8], [3.5, 1.5]],
-        }
-        return _child("polling", job, storage)
+        for llm_delay_s, tts_delay_s in turns:
+            job = {
+                "clips": _clip_files(Path(folder), clips),
+                "repeats": 1 if quick else 4,
+                "windows": [2.0, 10.0] if quick else [2.0, 3.0, 5.0, 10.0],
+                "llm_delay_s": llm_delay_s,
+                "tts_delay_s": tts_delay_s,
+            }
+            turn = f"turn with chat {llm_delay_s:g} s and voice {tts_delay_s:g} s"
+            results[turn] = _child("polling", job, storage)["windows"]
+    return {"turns": results}
 
 
 def bench_throughput(
@@ -729,9 +736,11 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
     storing a request with and without the create-only id claim that now goes with it."""
     import asyncio
 
+    from shared.security.budget import TTS_CHARACTERS as TTS
+    from shared.security.budget import Share, budgets
     from shared.security.identity import identify
     from shared.security.ratelimit import admit
-    from shared.storage import blob_store
+    from shared.storage import blob_store, erasure
     from shared.storage.idempotency import IdempotencyRecords, duplicate_key, fingerprint
     from shared.talk_input import parse_talk_input
     from tests.client_framing import okhttp
@@ -769,6 +778,9 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
         store.put("bench/warm", b"", "text/plain")
 
         records = IdempotencyRecords(store)
+        owner = "u" + "0" * 32
+        tally = budgets(key_mode)
+        share = Share("spender", 0.1)
 
         def duplicate_check(index: int) -> None:
             parsed = parse_talk_input(content_type, form, key_mode)
@@ -821,6 +833,26 @@ def bench_request_checks(storage: str, repeats: int) -> dict[str, Any]:
             timed(
                 "parse it, then the duplicate check (SHA-256, claim, confirm)",
                 lambda index=index: duplicate_check(index),
+            )
+            timed(
+                "erasure tombstone noted, then looked at again (jwt mode)",
+                lambda: erasure.raced(
+                    erasure.marks(owner, None, key_mode, whole_owner=True), key_mode
+                ),
+            )
+            timed(
+                "the same in a conversation (two tombstones)",
+                lambda: erasure.raced(
+                    erasure.marks(owner, "c" * 32, key_mode, whole_owner=True), key_mode
+                ),
+            )
+            timed(
+                "daily budget checked and charged",
+                lambda: (tally.check(TTS, 10**12), tally.charge(TTS, 10**12, 40)),
+            )
+            timed(
+                "the same with the caller's share of it",
+                lambda: (tally.check(TTS, 10**12, share), tally.charge(TTS, 10**12, 40, share)),
             )
     return {name: percentiles(values) for name, values in timings.items()}
 
