@@ -4,6 +4,8 @@ Models and providers load on first use, not here, so a cold start that only answ
 `/health` stays fast.
 """
 
+import logging
+
 import azure.durable_functions as df
 import azure.functions as func
 
@@ -21,4 +23,7 @@ app.register_functions(orchestration_bp)
 app.register_functions(maintenance_bp)
 
 redact.install()
+# The Azure SDK logs each storage call's URL (a blob's owner, conversation and request) at
+# INFO, which the host would ship to Application Insights.
+logging.getLogger("azure").setLevel(logging.WARNING)
 telemetry.configure_from_environment()

@@ -509,6 +509,8 @@ def local_values(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """Settings from `local.settings.json` and `.env` in `root`, `.env` winning; or only
     from the file `TALK_ENV_FILE` names, when it is set."""
     if chosen := os.environ.get(ENV_FILE, "").strip():
+        if not Path(chosen).exists():  # a typo would otherwise run on the defaults
+            raise ConfigError(f"the settings file {chosen} does not exist")
         return _dotenv(Path(chosen))
     values: dict[str, str] = {}
     local_settings = root / "local.settings.json"

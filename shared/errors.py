@@ -70,18 +70,21 @@ class Unintelligible(BadInput):
     code = "unintelligible"
 
 
-class SpeechTooCostly(Unintelligible):
-    """Transcribing took more CPU than a request may (`MAX_STT_CPU_SECONDS`)."""
-
-    code = "stt_budget_spent"
-
-
 class RetryLater(TalkError):
     """A refusal that says when to come back: `Retry-After`, in seconds."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class SpeechTooCostly(RetryLater):
+    """Transcribing took more CPU than a request may (`MAX_STT_CPU_SECONDS`). The clock is
+    the process's, so other requests' decodes count too: a busy instance, not the
+    upload's fault, and a retry may well pass."""
+
+    status = 503
+    code = "stt_budget_spent"
 
 
 class NotFound(TalkError):

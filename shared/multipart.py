@@ -106,7 +106,10 @@ def parse_multipart(
                         data = b"".join(chunks)
                         parts.append(Part(current.name, filename, current.headers, data))
                         current = None
-            if decoder.state is State.PART and len(decoder.buffer) > MAX_HEADER_BYTES:
+            # Headers, or what comes before the first boundary, searched again with every
+            # slice: bounded, since no real client sends more than a few hundred bytes.
+            waiting = decoder.state in (State.PREAMBLE, State.PART)
+            if waiting and len(decoder.buffer) > MAX_HEADER_BYTES:
                 raise HeadersTooLarge(f"a part's headers are over {MAX_HEADER_BYTES} bytes")
     except RequestEntityTooLarge:  # the decoder is given only the limit on parts
         raise TooManyParts(f"more than {max_parts} parts") from None

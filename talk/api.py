@@ -24,7 +24,6 @@ from opentelemetry.trace import SpanKind
 from shared.config import Settings, get_settings
 from shared.errors import NotFound, RetryLater, TalkError
 from shared.pipeline import new_request_id
-from shared.security.budget import forget_spending
 from shared.security.identity import Caller, Unauthorized, identify
 from shared.security.ratelimit import Access, admit, forget_caller, spender
 from shared.storage import BlobStore, StorageUnavailable, blob_store, erasure, request_prefix
@@ -40,6 +39,7 @@ from shared.storage.idempotency import (
     IdempotencyKeyReused,
     IdempotencyRecords,
     duplicate_key,
+    duplicate_window,
     fingerprint,
     validate_key,
 )
@@ -71,6 +71,9 @@ POLL_S, FAST_POLL_WINDOW_S, MAX_POLL_S = 0.05, 3.0, 0.5
 # How long a claimed Idempotency-Key may wait for its orchestration to appear before a
 # retry decides the first attempt died and takes the claim over.
 CLAIM_GRACE_S = 10.0
+# A stored request starts its orchestration within this, or not at all: well inside the
+# grace an erasure gives it, clock skew between instances included.
+START_WITHIN_S = 5.0
 _DONE = {
     df.OrchestrationRuntimeStatus.Completed,
     df.OrchestrationRuntimeStatus.Failed,
@@ -190,8 +193,17 @@ async def _accept_and_answer(
         records = IdempotencyRecords(store)
         # Without a key of the client's, the same body from the same caller is a retry for
         # a while: the Android app sends a request that timed out again, as it was.
-        window = None if key else settings.duplicate_window_seconds
-        if key or window:
+        window = (
+            None
+            if key
+            else duplicate_window(
+                spoken=talk_input.audio is not None,
+                conversation_id=talk_input.conversation_id,
+                signed_in=caller.authenticated,
+                window_s=settings.duplicate_window_seconds,
+            )
+        )
+        if key or window is not None:
             print_ = await asyncio.to_thread(fingerprint, talk_input.audio, talk_input.fields())
             key = key or duplicate_key(caller.retry_scope, print_)
             claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
@@ -205,7 +217,7 @@ async def _accept_and_answer(
                         "[%s] /talk %s: answering %s",
                         rid,
                         "sent again within DUPLICATE_WINDOW_SECONDS"
-                        if window
+                        if window is not None
                         else "retried with its Idempotency-Key",
                         first,
                     )
@@ -239,13 +251,11 @@ async def _accept_and_answer(
             payload, content_type = b"{}", "application/json"
         stored = job["audio_blob"] or f"{prefix}request.json"
         await _store_request(store, rid, stored, payload, content_type)
+        stored_at = time.monotonic()
         if noted and await asyncio.to_thread(erasure.raced, noted, settings):
             # An erasure began while this was accepted: it may have missed what was just
             # stored, or this may hold what it erased. Nothing of it is kept.
-            await asyncio.gather(
-                asyncio.to_thread(store.delete, stored),
-                asyncio.to_thread(store.delete, f"request-ids/{rid}"),
-            )
+            await _forget_stored(store, stored, rid)
             log.info("[%s] /talk lost its race with an erasure: removed", rid)
             raise Erased("what this request concerns was being erased; send it again")
         if claim is not None:
@@ -267,6 +277,14 @@ async def _accept_and_answer(
         rid,
         f"audio bytes={len(talk_input.audio)}" if talk_input.audio else "text",
     )
+    if time.monotonic() - stored_at > START_WITHIN_S:
+        # An erasure takes a stored request without an orchestration for a dead one after
+        # CLAIM_GRACE_S: one that starts this late might start after it was erased.
+        log.warning("[%s] /talk too slow to start: removed", rid)
+        await _forget_stored(store, stored, rid)
+        if claim is not None:
+            await _release(settings, caller, key, claim)
+        return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     try:
         await client.start_new(ORCHESTRATOR, instance_id=rid, client_input=job)
     except Exception as error:  # the Durable extension itself did not answer
@@ -297,6 +315,14 @@ async def _store_request(
         await asyncio.to_thread(store.delete, name)
     log.error("[%s] request id collision: nothing overwritten", rid)
     raise RequestIdCollision("the request could not be stored, retry it")
+
+
+async def _forget_stored(store: BlobStore, name: str, rid: str) -> None:
+    """Delete a request that will not start: what it stored, and its id's claim."""
+    await asyncio.gather(
+        asyncio.to_thread(store.delete, name),
+        asyncio.to_thread(store.delete, f"request-ids/{rid}"),
+    )
 
 
 async def _release(settings: Settings, caller: Caller, key: str, claim: Claim) -> None:
@@ -549,7 +575,6 @@ async def _erase(
     await asyncio.to_thread(erasure.erase, scope, request_ids, settings)
     if scope.conversation_id is None:  # a caller: what counted them goes too
         await asyncio.to_thread(forget_caller, scope.owner, settings)
-        await asyncio.to_thread(forget_spending, scope.owner, settings)
     log.info(
         "Erased %s with %d requests",
         "a conversation" if scope.conversation_id else "a caller",

@@ -17,6 +17,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared.config import get_settings
+from shared.security.budget import budgets
 from shared.security.ratelimit import rate_limiter
 from shared.storage.conversations import conversation_store
 
@@ -39,10 +40,12 @@ async def daily_cleanup(timer: func.TimerRequest, client: df.DurableOrchestratio
     )
     conversations = await asyncio.to_thread(conversation_store(settings).sweep)
     counters = await asyncio.to_thread(rate_limiter(settings).sweep, 86_400)
+    spent = await asyncio.to_thread(budgets(settings).sweep)
     log.info(
         "Daily clean-up: %d request histories, %d expired conversations, "
-        "%d rate-limit counters deleted",
+        "%d rate-limit counters, %d budget counts deleted",
         purged.instances_deleted,
         conversations,
         counters,
+        spent,
     )

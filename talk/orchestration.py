@@ -20,7 +20,14 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared.config import get_settings
-from shared.errors import BadInput, ConfigError, ProviderError, TalkError, error_payload
+from shared.errors import (
+    BadInput,
+    ConfigError,
+    ProviderError,
+    SpeechTooCostly,
+    TalkError,
+    error_payload,
+)
 from shared.memory import release_freed_memory
 from shared.pipeline import generate, synthesize, transcribe
 from shared.security.budget import BudgetExhausted
@@ -108,7 +115,12 @@ def talk_orchestrator(
             heard = yield from _call(
                 context,
                 "transcribe",
-                {"request_id": rid, "blob": job["audio_blob"], "language": job.get("language")},
+                {
+                    "request_id": rid,
+                    "blob": job["audio_blob"],
+                    "language": job.get("language"),
+                    "erasure_marks": job.get("erasure_marks"),
+                },
                 trace,
             )
         question = heard["text"] if heard else job["text"]
@@ -221,7 +233,7 @@ def _stage(name: str, job: dict[str, Any], work: Callable[[], dict[str, Any]]) -
             traced(f"activity:{name}", request_id=job.get("request_id")),
         ):
             return work()
-    except (BadInput, ConfigError, ProviderError, BudgetExhausted) as error:
+    except (BadInput, ConfigError, ProviderError, BudgetExhausted, SpeechTooCostly) as error:
         return {"error": error_payload(error)}
     except TalkError as error:
         raise TransientStageFailure(error) from error
@@ -243,6 +255,7 @@ def _stage(name: str, job: dict[str, Any], work: Callable[[], dict[str, Any]]) -
 def transcribe_activity(job: dict[str, Any]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         settings = get_settings()
+        check_not_raced(job.get("erasure_marks") or {}, settings)
         audio = blob_store(settings).get(job["blob"])
         heard = transcribe(
             audio, request_id=job["request_id"], settings=settings, language=job.get("language")

@@ -44,7 +44,7 @@ def preference(headers: Mapping[str, str], params: Mapping[str, str]) -> Prefere
         name, value = name.strip().lower(), value.strip().strip('"')
         if name == "respond-async":
             respond_async = True
-        elif name == "wait" and value.isdigit():
+        elif name == "wait" and value.isascii() and value.isdigit() and len(value) <= 6:
             wait_s = float(value)
     return Preference(respond_async, wait_s)
 

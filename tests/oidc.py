@@ -15,6 +15,7 @@ from jwt.algorithms import RSAAlgorithm
 from tests.stubs import Recorded, Reply, StubServer
 
 AUDIENCE = "api://talk-backend"
+TENANT = "8c1d9e2a-5b7f-4e3a-9d6c-2f0a1b3c4d5e"  # the issuer's tenant, as Entra names it
 SCOPE = "Talk.Use"  # the scope the API exposes (docs/api.md's Entra set-up)
 
 
@@ -33,7 +34,7 @@ class Issuer:
 
     @property
     def url(self) -> str:
-        return f"{self.server.url}/tenant/v2.0"
+        return f"{self.server.url}/{TENANT}/v2.0"
 
     def rotate(self) -> str:
         """Publish a new signing key and sign with it from now on; its key id."""
@@ -67,7 +68,7 @@ class Issuer:
                 200,
                 {
                     "issuer": self.url,
-                    "jwks_uri": f"{self.server.url}/tenant/discovery/v2.0/keys",
+                    "jwks_uri": f"{self.server.url}/{TENANT}/discovery/v2.0/keys",
                     "id_token_signing_alg_values_supported": ["RS256"],
                 },
             )

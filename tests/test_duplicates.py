@@ -4,6 +4,7 @@ for `DUPLICATE_WINDOW_SECONDS` after. Anything else is a turn of its own."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,3 +107,21 @@ def test_an_idempotency_key_works_as_documented_beside_it(chat, host) -> None:
     assert reused.status_code == 422
     assert body_of(reused)["code"] == "idempotency_key_reused"
     assert len(chat.requests) == 1
+
+
+def test_the_same_words_again_in_a_conversation_are_the_next_turn(chat, host) -> None:
+    """In a conversation, "yes" after the answer to "yes" is a new turn, not a retry."""
+    started = post(host, b'{"text": "Shall we plan a trip?", "conversation_id": "new"}', JSON)
+    conversation_id = body_of(started)["conversation_id"]
+    again = json.dumps({"text": "yes", "conversation_id": conversation_id}).encode()
+    first, second = (post(host, again, JSON, **PHONE) for _ in range(2))
+    assert rid_of(first) != rid_of(second)
+    assert len(chat.requests) == 3
+
+
+def test_two_people_behind_one_address_never_share_a_new_conversation(chat, host) -> None:
+    """Key mode tells callers apart only by address: the same opening words from one
+    carrier address are two conversations, never one handed to both."""
+    opening = b'{"text": "Hello!", "conversation_id": "new"}'
+    first, second = (post(host, opening, JSON, **PHONE) for _ in range(2))
+    assert body_of(first)["conversation_id"] != body_of(second)["conversation_id"]

@@ -9,6 +9,7 @@ import itertools
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import azure.functions as func
@@ -18,7 +19,7 @@ import pytest
 from shared.config import ConfigError, Settings, get_settings
 from shared.pipeline import transcribe
 from shared.security.identity import owner_of
-from shared.security.ratelimit import TABLE, address_subject, hashed, subject_salt
+from shared.security.ratelimit import TABLE, RateLimiter, address_subject, hashed, subject_salt
 from shared.storage import blob_store, table_service
 from talk import api
 from talk.api import talk_forget_me
@@ -269,7 +270,8 @@ def test_a_transcription_past_its_cpu_budget_is_refused(settings) -> None:
     with pytest.raises(Exception) as refused:
         transcribe(app_recording(60.0), request_id="budget", settings=tight)
     assert getattr(refused.value, "code", None) == "stt_budget_spent"
-    assert refused.value.status == 422
+    # The clock counts every request's decodes: a busy instance, so retry, not "say it again".
+    assert (refused.value.status, refused.value.retry_after_s) == (503, 5)
 
 
 # --- 5. the reply cache shares nothing between users ----------------------------------------
@@ -316,8 +318,8 @@ def test_only_the_allowed_clients_tokens_are_taken(chat, issuer, host, app_setti
 
 
 def test_tid_is_the_issuers_tenant_not_any_path_segment(chat, issuer, host) -> None:
-    """The test issuer is `.../tenant/v2.0`: a `tid` of `v2.0` matched a path segment and
-    made `oid` (which the issuer may let users set) the identity."""
+    """The issuer is `.../<tenant>/v2.0`: a `tid` of `v2.0` matched a path segment of it
+    and made `oid` (which an issuer may let users set) the identity."""
     claims = {"tid": "v2.0", "oid": "the-victims-object-id"}
     victim = {"Authorization": f"Bearer {issuer.token('victim', **claims)}"}
     mallory = {"Authorization": f"Bearer {issuer.token('mallory', **claims)}"}
@@ -368,8 +370,20 @@ def test_the_durable_stand_in_answers_no_one_without_its_key(chat, host) -> None
         b"Content-Length: 0x10\r\n\r\n" + b"x" * 16,
         b"Transfer-Encoding: chunked\r\n\r\n-10\r\n" + b"x" * 2000 + b"\r\n0\r\n\r\n",
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nxxxxx\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n1;" + b"e" * 5000 + b"\r\nx\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\nxyz\r\n0\r\n\r\n",
     ],
-    ids=["negative", "plus-sign", "hex-length", "negative-chunk", "not-hex-chunk"],
+    ids=[
+        "negative",
+        "plus-sign",
+        "hex-length",
+        "negative-chunk",
+        "not-hex-chunk",
+        "another-encoding",
+        "endless-chunk-line",
+        "chunk-longer-than-its-size",
+    ],
 )
 def test_make_serve_refuses_lengths_that_are_not_lengths(host, framing: bytes) -> None:
     with FunctionsHttpHost(host, key="k", master_key="m", body_limit=1000) as front:
@@ -430,25 +444,42 @@ def test_addresses_are_stored_under_a_salt_of_the_deployments_own(chat, host) ->
     phone = new_phone()
     post(host, b'{"text": "Hi"}', JSON, **phone)
     table = table_service(get_settings()).get_table_client(TABLE)
-    rows = {row["RowKey"] for row in table.list_entities(select=["RowKey"])}
+    keys = {key for row in table.list_entities() for key in (row["PartitionKey"], row["RowKey"])}
     subject = address_subject(phone["X-Forwarded-For"].split(":")[0])
     unsalted = hashlib.sha256(subject.encode()).hexdigest()[:32]
-    assert unsalted not in rows  # could be found by hashing every IPv4 address
-    assert hashed(subject, subject_salt(get_settings())) in rows
+    assert unsalted not in keys  # could be found by hashing every IPv4 address
+    assert hashed(subject, subject_salt(get_settings())) in keys
 
 
-def test_erasing_a_caller_erases_what_counted_them(host, alice, issuer) -> None:
+def _counters_of(subject: str) -> list[str]:
+    table = table_service(get_settings()).get_table_client(TABLE)
+    partition = hashed(subject, subject_salt(get_settings()))
+    query = "PartitionKey eq @p"
+    return [row["RowKey"] for row in table.query_entities(query, parameters={"p": partition})]
+
+
+def test_erasing_a_caller_erases_what_counted_them(host, alice, issuer, monkeypatch) -> None:
     post(host, b'{"text": "Hi"}', JSON, **alice)
     owner = owner_of(f"{issuer.url}\nalice")
-    row = hashed(f"caller:{owner}", subject_salt(get_settings()))
-    table = table_service(get_settings()).get_table_client(TABLE)
-
-    def rows() -> list[str]:
-        return [r["RowKey"] for r in table.query_entities("RowKey eq @r", parameters={"r": row})]
-
-    assert rows()
+    counted = _counters_of(f"caller:{owner}")
+    assert counted
+    # Two days on, every window that counted those requests has ended: they all go (the
+    # erasure's own request counts in windows still open).
+    later = time.time() + 2 * 86_400
+    monkeypatch.setitem(RateLimiter.__init__.__kwdefaults__, "clock", lambda: later)
+    reset_app_caches()
     assert forget_me(host, **alice).status_code == 204
-    assert rows() == []
+    assert not set(counted) & set(_counters_of(f"caller:{owner}"))
+
+
+@pytest.mark.usefixtures("mid_minute")
+def test_erasing_oneself_does_not_renew_ones_limits(host, alice, app_settings) -> None:
+    app_settings.setenv("RATE_LIMIT_PER_MINUTE", "3")
+    reset_app_caches()
+    assert post(host, b'{"text": "One"}', JSON, **alice).status_code == 200
+    assert post(host, b'{"text": "Two"}', JSON, **alice).status_code == 200
+    assert forget_me(host, **alice).status_code == 204  # the third write of the minute
+    assert post(host, b'{"text": "Four"}', JSON, **alice).status_code == 429
 
 
 def test_storage_addresses_in_traces_name_no_blob_or_entity(app_settings, host) -> None:
@@ -470,3 +501,84 @@ def test_storage_addresses_in_traces_name_no_blob_or_entity(app_settings, host) 
     assert "talk-audio" in recorded  # storage calls are traced, by container ...
     assert rid not in recorded and conversation_id not in recorded  # ... and no further
     assert "PartitionKey" not in recorded
+
+
+# --- from the review of this round -----------------------------------------------------------
+
+
+def test_a_prefer_header_of_odd_digits_is_no_500(chat, host) -> None:
+    answered = post(host, b'{"text": "Hi"}', JSON, Prefer="respond-async, wait=\u00b2")
+    assert answered.status_code in (200, 202)
+
+
+def test_a_megabyte_preamble_is_refused_before_it_is_searched() -> None:
+    from shared.talk_input import parse_talk_input
+
+    body = b"-" * 5_000_000 + b"\r\n--" + b"-" * 200 + b"\r\nContent-Disposition: form-data; "
+    body += b'name="text"\r\n\r\nhi\r\n--' + b"-" * 200 + b"--\r\n"
+    with pytest.raises(Exception) as refused:
+        parse_talk_input(f"multipart/form-data; boundary={'-' * 200}", body, Settings())
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("url", "cut"),
+    [
+        (
+            "https://st.blob.core.windows.net/talk-audio/u1/c/r/input.m4a?comp=x",
+            "https://st.blob.core.windows.net/talk-audio",
+        ),
+        (
+            "https://st.z12.blob.storage.azure.net/talk-audio/u1/r",
+            "https://st.z12.blob.storage.azure.net/talk-audio",
+        ),
+        (
+            "https://st.table.core.usgovcloudapi.net/conversations(PartitionKey='u1-c')",
+            "https://st.table.core.usgovcloudapi.net/conversations",
+        ),
+        (
+            "https://st.dfs.core.chinacloudapi.cn/fs/dir/file",
+            "https://st.dfs.core.chinacloudapi.cn/fs",
+        ),
+        (
+            "http://devstoreaccount1.blob.localhost:10000/talk-audio/u1/r",
+            "http://devstoreaccount1.blob.localhost:10000/talk-audio",
+        ),
+        (
+            "http://127.0.0.1:10000/otheraccount/talk-audio/u1/r",
+            "http://127.0.0.1:10000/otheraccount/talk-audio",
+        ),
+        ("https://router.huggingface.co/v1/chat/completions", None),
+        ("https://kv.vault.azure.net/secrets/hf-api-token", None),
+    ],
+)
+def test_storage_urls_are_cut_wherever_the_account_lives(url: str, cut: str | None) -> None:
+    from shared.telemetry.urls import storage_resource
+
+    assert storage_resource(url) == cut
+
+
+def test_entra_tenants_are_guids_found_in_any_entra_issuer() -> None:
+    from shared.security.tokens import TokenPolicy, TokenVerifier
+
+    tenant = "8c1d9e2a-5b7f-4e3a-9d6c-2f0a1b3c4d5e"
+    b2c = TokenVerifier(
+        f"https://x.b2clogin.com/tfp/{tenant}/b2c_1_signin/v2.0/", "a", TokenPolicy("s")
+    )
+    keycloak = TokenVerifier("https://id.example/realms/talk", "a", TokenPolicy("s"))
+    assert (b2c._tenant, keycloak._tenant) == (tenant, None)
+
+
+def test_a_scope_list_counts_as_scopes() -> None:
+    from shared.security.tokens import TokenPolicy
+
+    assert TokenPolicy("Talk.Use").allows({"scp": ["openid", "Talk.Use"]})
+    assert not TokenPolicy("Talk.Use").allows({"scp": ["openid"]})
+
+
+def test_a_settings_file_that_is_not_there_is_an_error(tmp_path, monkeypatch) -> None:
+    from shared.config import ENV_FILE, read_settings
+
+    monkeypatch.setenv(ENV_FILE, str(tmp_path / "typo.env"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_settings()

@@ -25,7 +25,7 @@ from shared.security.identity import (
     owner_of,
 )
 from shared.security.tokens import MIN_REFRESH_INTERVAL_S, TokenPolicy, TokenVerifier
-from tests.oidc import AUDIENCE, SCOPE, Issuer
+from tests.oidc import AUDIENCE, SCOPE, TENANT, Issuer
 
 
 @pytest.fixture
@@ -67,15 +67,15 @@ def test_a_valid_token_names_its_issuer_and_subject(issuer, verifier) -> None:
 
 def test_an_entra_token_names_its_tenant_and_object_id(issuer, verifier) -> None:
     # Entra's `sub` differs per application; `oid` is the user in the tenant (the tenant in
-    # the issuer's address, here "tenant").
-    one = verifier.identity(issuer.token("pairwise-1", tid="tenant", oid="user-7"))
-    two = verifier.identity(issuer.token("pairwise-2", tid="tenant", oid="user-7"))
-    assert one == two == "entra\ntenant\nuser-7"
+    # the issuer's address).
+    one = verifier.identity(issuer.token("pairwise-1", tid=TENANT, oid="user-7"))
+    two = verifier.identity(issuer.token("pairwise-2", tid=TENANT, oid="user-7"))
+    assert one == two == f"entra\n{TENANT}\nuser-7"
 
 
 def test_tenant_and_object_id_claims_of_another_tenant_are_not_trusted(issuer, verifier) -> None:
     # An issuer that lets users set custom claims must not let Mallory become Alice.
-    alice = verifier.identity(issuer.token("alice", tid="tenant", oid="user-7"))
+    alice = verifier.identity(issuer.token("alice", tid=TENANT, oid="user-7"))
     mallory = verifier.identity(issuer.token("mallory", tid="other", oid="user-7"))
     assert mallory == f"{issuer.url}\nmallory" != alice
 

@@ -73,6 +73,7 @@ def test_activities_run_in_order_with_retry_options_and_small_inputs() -> None:
         "request_id": RID,
         "blob": f"{PREFIX}input.m4a",  # a blob name, never audio bytes
         "language": "en",
+        "erasure_marks": None,
     }
 
     complete(history, "transcribe", transcribe["input"], HEARD)

@@ -218,10 +218,11 @@ def test_non_interactive_run_warns_about_a_missing_key(tmp_path: Path) -> None:
 
 def test_in_a_terminal_a_missing_key_is_asked_for_and_saved(tmp_path: Path, stub_mp3) -> None:
     with StubServer(elevenlabs_speech(stub_mp3)) as eleven:
+        (tmp_path / ".env").touch()  # where the key is saved for next time
         env = cli_environment(
             TTS_PROVIDER="elevenlabs",
             ELEVENLABS_BASE_URL=eleven.url,
-            TALK_ENV_FILE=str(tmp_path / ".env"),  # where the key is saved for next time
+            TALK_ENV_FILE=str(tmp_path / ".env"),
         )
         pid, fd = pty.fork()
         if pid == 0:  # the child: a terminal session of its own

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from shared.config import Settings
 from shared.errors import RetryLater
 from shared.lazy import load_once
-from shared.security.ratelimit import hashed, subject_salt
 from shared.storage import table_service, unavailable
 from shared.storage.counters import CounterContended, Counters
 from shared.telemetry import metrics
@@ -43,7 +42,6 @@ WARN_AT = 0.8
 SHARDS = 8
 TTS_CHARACTERS = "tts-characters"
 LLM_TOKENS = "llm-tokens"
-BUDGETS = (TTS_CHARACTERS, LLM_TOKENS)
 
 
 class BudgetExhausted(RetryLater):
@@ -148,9 +146,26 @@ class Budgets:
         if self._counters.mark(day, f"{name}!warned"):
             log.warning("Budget %s: %d of %d used today (80%%)", name, total, limit)
 
-    def forget(self, spender: str) -> int:
-        """Delete an erased caller's parts of every day's budgets."""
-        return self._counters.forget([Share(spender, 1).row(name) for name in BUDGETS])
+    def sweep(self, keep_days: int = 2) -> int:
+        """Delete the counts of days before the last `keep_days` (a spender's share row of
+        today stays to the end of its day, even for an erased caller: erasing oneself
+        must not renew one's share)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        oldest = _day(self._clock() - dt.timedelta(days=keep_days - 1))
+        try:
+            rows = list(
+                self._counters.table.query_entities(
+                    "PartitionKey lt @oldest",
+                    parameters={"oldest": oldest},
+                    select=["PartitionKey", "RowKey"],
+                )
+            )
+        except ResourceNotFoundError:
+            return 0
+        for row in rows:
+            self._counters.table.delete_entity(row["PartitionKey"], row["RowKey"])
+        return len(rows)
 
 
 def _day(now: dt.datetime) -> str:
@@ -160,11 +175,6 @@ def _day(now: dt.datetime) -> str:
 def _seconds_to_midnight(now: dt.datetime) -> int:
     midnight = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return max(1, int((midnight - now).total_seconds()) + 1)
-
-
-def forget_spending(owner: str, settings: Settings) -> int:
-    """Delete an erased signed-in caller's parts of the daily budgets."""
-    return budgets(settings).forget(hashed(f"caller:{owner}", subject_salt(settings)))
 
 
 def share_of(spender: str | None, settings: Settings) -> Share | None:

@@ -71,7 +71,9 @@ class RateLimiter:
 
         now = self._clock()
         window = int(now // limit.window_s)
-        partition, row = f"{limit.window_s}-{window:012d}", hashed(subject, self._salt)
+        # A partition per subject: its windows are one query away (`forget`), and no one
+        # partition holds every caller of the current minute.
+        partition, row = hashed(subject, self._salt), _window_key(limit.window_s, window)
         try:
             self._counters.add(partition, row, 1, below=limit.allowed)
         except CounterFull:
@@ -91,23 +93,50 @@ class RateLimiter:
         from azure.core.exceptions import ResourceNotFoundError
 
         cutoff = self._clock() - older_than_s
-        deleted = 0
         try:
             entities = list(self._counters.table.list_entities(select=["PartitionKey", "RowKey"]))
         except ResourceNotFoundError:
             return 0
-        for entity in entities:
-            window_s, _, window = entity["PartitionKey"].partition("-")
-            if not (window_s.isdigit() and window.isdigit()):  # the salt, not a window
-                continue
-            if (int(window) + 1) * int(window_s) < cutoff:
-                self._counters.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-                deleted += 1
-        return deleted
+        return self._delete([e for e in entities if _ended_before(e, cutoff)])
 
     def forget(self, subjects: list[str]) -> int:
-        """Delete every window's counters of these subjects (an erased caller's); how many."""
-        return self._counters.forget([hashed(subject, self._salt) for subject in subjects])
+        """Delete the counters of these subjects (an erased caller's) whose windows have
+        ended. Those still open stay until the clean-up deletes them: erasing oneself must
+        not be a way around one's own limits."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        now = self._clock()
+        doomed = []
+        for subject in subjects:
+            try:
+                rows = self._counters.table.query_entities(
+                    "PartitionKey eq @subject",
+                    parameters={"subject": hashed(subject, self._salt)},
+                    select=["PartitionKey", "RowKey"],
+                )
+                doomed += [row for row in rows if _ended_before(row, now)]
+            except ResourceNotFoundError:  # no table yet
+                return 0
+        return self._delete(doomed)
+
+    def _delete(self, entities: list[dict[str, str]]) -> int:
+        for entity in entities:
+            self._counters.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+        return len(entities)
+
+
+def _window_key(window_s: int, window: int) -> str:
+    return f"{window_s}-{window:012d}"
+
+
+def _ended_before(entity: dict[str, str], cutoff: float) -> bool:
+    """Whether a counter's window ended before `cutoff`. Counters from before the salt keep
+    the window in the partition, and go the same way; the salt's row never does."""
+    for key in (entity["RowKey"], entity["PartitionKey"]):
+        window_s, _, window = key.partition("-")
+        if window_s.isdigit() and window.isdigit():
+            return (int(window) + 1) * int(window_s) < cutoff
+    return False
 
 
 def hashed(subject: str, salt: bytes) -> str:

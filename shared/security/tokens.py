@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,9 @@ class TokenPolicy:
 
     def allows(self, claims: dict[str, Any]) -> bool:
         granted = claims.get("scp", claims.get("scope"))
-        scopes = granted.split() if isinstance(granted, str) else []
+        # A space-separated string (Entra, RFC 8693), or a list (Okta).
+        scopes = granted.split() if isinstance(granted, str) else granted
+        scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else []
         roles = claims.get("roles")
         roles = roles if isinstance(roles, list) else []
         if not ((self.scope and self.scope in scopes) or (self.role and self.role in roles)):
@@ -69,8 +72,10 @@ class TokenVerifier:
         self.issuer = issuer
         self.audience = audience
         self.policy = policy
-        # Entra issuers name their tenant in the first segment of the path.
-        self._tenant = urlsplit(issuer).path.strip("/").split("/")[0]
+        # Entra issuers name their tenant, a GUID, in the path (`/<tenant>/v2.0`, B2C's
+        # `/tfp/<tenant>/<policy>/v2.0`); an issuer without one has no Entra tenant.
+        segments = urlsplit(issuer).path.strip("/").split("/")
+        self._tenant = next((s.lower() for s in segments if _is_guid(s)), None)
         self._clock = clock
         self._session = session or requests.Session()
         # kid -> (key, the algorithms it may verify)
@@ -117,9 +122,9 @@ class TokenVerifier:
             and isinstance(object_id, str)
             and tenant
             and object_id
-            and tenant == self._tenant
+            and tenant.lower() == self._tenant
         ):
-            return f"entra\n{tenant}\n{object_id}"
+            return f"entra\n{self._tenant}\n{object_id}"
         return f"{claims['iss']}\n{claims['sub']}"
 
     def _key(self, kid: str) -> tuple[jwt.PyJWK, frozenset[str]]:
@@ -164,6 +169,13 @@ class TokenVerifier:
         if not isinstance(document, dict):
             raise ValueError(f"{url} is not a JSON object")
         return document
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 _KEY_ALGORITHMS = {

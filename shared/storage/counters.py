@@ -68,25 +68,6 @@ class Counters:
             return str(self.table.get_entity(partition, row)["value"])
         return proposal
 
-    def forget(self, rows: list[str]) -> int:
-        """Delete the counters with these row keys in every partition; how many."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        deleted = 0
-        for row in rows:
-            try:
-                found = list(
-                    self.table.query_entities(
-                        "RowKey eq @row", parameters={"row": row}, select=["PartitionKey"]
-                    )
-                )
-            except ResourceNotFoundError:  # no table yet
-                return deleted
-            for entity in found:
-                self.table.delete_entity(entity["PartitionKey"], row)
-                deleted += 1
-        return deleted
-
     def mark(self, partition: str, row: str) -> bool:
         """Set a flag once across every instance: True for the one call that set it."""
         from azure.core.exceptions import ResourceExistsError

@@ -22,6 +22,7 @@ from typing import Any
 
 from shared.errors import BadInput
 from shared.storage import BlobStore
+from shared.storage.conversations import NEW
 
 MAX_KEY_CHARS = 255
 
@@ -56,6 +57,26 @@ def fingerprint(audio: bytes | None, fields: dict[str, Any]) -> str:
         "fields": fields,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def duplicate_window(
+    *, spoken: bool, conversation_id: str | None, signed_in: bool, window_s: float
+) -> float | None:
+    """How long after its answer a request without a key is still joined by a copy of
+    it (0: only while it is being answered; None: never).
+
+    A recording is never sent twice by two people, so its copy within `window_s` is a
+    retry. Written words can be: in a conversation the same words again after the answer
+    are the next turn, not a retry; and in key mode, where callers are told apart only by
+    address, two people behind one carrier address who start a conversation with the same
+    words must not share it."""
+    if window_s <= 0:
+        return None
+    if spoken:
+        return window_s
+    if conversation_id == NEW:
+        return window_s if signed_in else None
+    return 0.0 if conversation_id else window_s
 
 
 def duplicate_key(retry_scope: str, print_: str) -> str:

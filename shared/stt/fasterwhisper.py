@@ -135,9 +135,7 @@ class CpuBudget:
         spent = time.process_time() - self._started
         if spent > self._limit:
             log.warning("Transcription stopped after %.1f CPU-seconds (its budget)", spent)
-            raise SpeechTooCostly(
-                "the speech could not be made out in reasonable time; please say it again"
-            )
+            raise SpeechTooCostly("transcribing is too busy right now; send it again shortly", 5)
 
 
 class FasterWhisperTranscriber:
@@ -318,12 +316,15 @@ class FasterWhisperTranscriber:
             without_timestamps=False,
         )
         texts: list[str] = []
-        # Segments come as each window is decoded: the first that loops ends the work
-        # (the rest of a recording that loops is not worth decoding), and so does the
-        # budget.
+        looping_windows: set[int] = set()
+        # Segments come as each window is decoded. A second window that loops ends the work
+        # (one may be a laugh, "ha ha ha"; two, the rest of a recording not worth
+        # decoding), and so does a transcript that loops as a whole, and the budget.
         for segment in segments:
             texts.append(segment.text.strip())
-            if segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD or loops(" ".join(texts)):
+            if segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
+                looping_windows.add(segment.seek)
+            if len(looping_windows) > 1 or loops(" ".join(texts)):
                 raise Unintelligible("the speech could not be made out; please say it again")
             budget.check()
         return " ".join(texts).strip(), info.language

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
 URL_ATTRIBUTES = ("url.full", "http.url", "http.target", "url.path", "url.query")
-_STORAGE_HOSTS = (".blob.core.windows.net", ".table.core.windows.net", ".queue.core.windows.net")
-_AZURITE_ACCOUNT = "devstoreaccount1"
+# Storage endpoints in every Azure cloud and DNS zone (`acct.blob.core.windows.net`,
+# `acct.z12.blob.storage.azure.net`, `...core.usgovcloudapi.net`, Azurite's
+# `devstoreaccount1.blob.localhost`) name the service in the host.
+_SERVICES = {"blob", "table", "queue", "dfs", "file"}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def storage_resource(url: str) -> str | None:
@@ -28,9 +31,9 @@ def storage_resource(url: str) -> str | None:
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     host = parts.hostname or ""
-    if host.endswith(_STORAGE_HOSTS):
+    if _SERVICES & set(host.split(".")[1:]):
         keep = 1
-    elif segments[:1] == [_AZURITE_ACCOUNT]:  # Azurite: the account is in the path
+    elif host in _LOOPBACK and len(segments) >= 2:  # Azurite: the account is in the path
         keep = 2
     else:
         return None

@@ -150,7 +150,7 @@ class LocalDurableHost:
         # path (the Durable client appends its calls to `rpcBaseUrl`) keeps anything else
         # on the machine from reading or deleting another caller's instances.
         self._key = secrets.token_urlsafe(32)
-        self._server = LoopbackServer(self._answer)
+        self._server = LoopbackServer(self._answer, record=False)
 
     def __enter__(self) -> LocalDurableHost:
         self._server.__enter__()

@@ -38,6 +38,7 @@ log = logging.getLogger("devhost")
 ROOT = Path(__file__).resolve().parents[2]
 # The host's default request body limit (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT changes it).
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
+_MAX_LINE = 1024  # a chunk size with its extensions, a trailer
 
 
 @dataclass(frozen=True)
@@ -261,16 +262,20 @@ def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
     """The request body (chunked or with a length), or None when it is over `limit`;
     ValueError for a length or chunk size that is not plain digits (a negative one would
     read to the end of the stream, past the limit)."""
-    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    encoding = request.headers.get("Transfer-Encoding", "").strip().lower()
+    if encoding and encoding != "chunked":  # the rest would be read as the next request
+        raise ValueError("an unsupported transfer encoding")
+    if encoding:
         chunks, total = [], 0
-        while size := _digits(request.rfile.readline(64).split(b";")[0].strip() or b"0", 16):
+        while size := _digits(_line(request).split(b";")[0].strip() or b"0", 16):
             total += size
             if total > limit:
                 request.close_connection = True
                 return None
             chunks.append(request.rfile.read(size))
-            request.rfile.readline()
-        while request.rfile.readline().strip():  # trailers
+            if _line(request).strip():
+                raise ValueError("a chunk longer than its size")
+        while _line(request).strip():  # trailers
             pass
         return b"".join(chunks)
     length = _digits((request.headers.get("Content-Length") or "0").strip().encode(), 10)
@@ -278,6 +283,14 @@ def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
         request.close_connection = True
         return None
     return request.rfile.read(length) if length else b""
+
+
+def _line(request: BaseHTTPRequestHandler) -> bytes:
+    """One line of the chunked framing, refused when longer than any real one."""
+    line = request.rfile.readline(_MAX_LINE)
+    if len(line) >= _MAX_LINE and not line.endswith(b"\n"):
+        raise ValueError("a chunk line too long")
+    return line
 
 
 def _digits(text: bytes, base: int) -> int:

@@ -47,9 +47,16 @@ class Recorded:
 
 class LoopbackServer:
     def __init__(
-        self, default: Callable[[Recorded], Reply], *, tls: ssl.SSLContext | None = None
+        self,
+        default: Callable[[Recorded], Reply],
+        *,
+        tls: ssl.SSLContext | None = None,
+        record: bool = True,
     ) -> None:
+        """`record`: keep every request in `requests` (a test's stand-in; a long-running
+        server would only grow)."""
         self.default = default
+        self.record = record
         self.script: list[Reply] = []
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -62,7 +69,8 @@ class LoopbackServer:
                 pass
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                declared = (self.headers.get("Content-Length") or "0").strip()
+                length = int(declared) if declared.isascii() and declared.isdigit() else 0
                 raw = self.rfile.read(length) if length else b""
                 try:
                     body = json.loads(raw) if raw else None
@@ -79,7 +87,8 @@ class LoopbackServer:
                     self.client_address[1],
                 )
                 with loopback._lock:
-                    loopback.requests.append(recorded)
+                    if loopback.record:
+                        loopback.requests.append(recorded)
                     reply = loopback.script.pop(0) if loopback.script else None
                 reply = reply or loopback.default(recorded)
                 if reply.delay_s:
