@@ -246,7 +246,7 @@ def one_phrase_repeated(seconds: float) -> bytes:
     return encode(np.tile(phrase, repeats)[: int(seconds * rate)], rate, "m4a")
 
 
-def test_a_long_looping_upload_stops_at_its_first_window(settings, monkeypatch) -> None:
+def test_a_long_looping_upload_stops_at_its_second_window(settings, monkeypatch) -> None:
     """112 s of one phrase ran Whisper's whole fallback ladder (6 temperatures, 5 samples)
     on every 30 s window before the loop check refused it: 63-75 CPU-seconds."""
     decodes: list[int] = []
@@ -262,7 +262,8 @@ def test_a_long_looping_upload_stops_at_its_first_window(settings, monkeypatch) 
     with pytest.raises(Exception) as refused:
         transcribe(one_phrase_repeated(112), request_id="loop", settings=settings)
     assert getattr(refused.value, "code", None) == "unintelligible"
-    assert len(decodes) == 1  # windows decoded: the first loops, and ends the work
+    # Windows decoded: the first loops (it might be a laugh), the second ends the work.
+    assert len(decodes) == 2
 
 
 def test_a_transcription_past_its_cpu_budget_is_refused(settings) -> None:
