@@ -262,8 +262,10 @@ def test_a_long_looping_upload_stops_at_its_second_window(settings, monkeypatch)
     with pytest.raises(Exception) as refused:
         transcribe(one_phrase_repeated(112), request_id="loop", settings=settings)
     assert getattr(refused.value, "code", None) == "unintelligible"
-    # Windows decoded: the first loops (it might be a laugh), the second ends the work.
-    assert len(decodes) == 2
+    # Windows decoded, of four. The work ends at the second window that loops (the first
+    # might be a laugh), or at once when the transcript so far loops as a whole; three when a
+    # hotter sample breaks one window's loop (sampling is random).
+    assert 1 <= len(decodes) <= 3
 
 
 def test_a_transcription_past_its_cpu_budget_is_refused(settings) -> None:
