@@ -1,21 +1,26 @@
 """`GET /health`: liveness, anonymous, touching nothing. `GET /health/ready`: readiness,
-for operators only (the host's admin key), checking what `/talk` needs."""
+for operators only (the host's admin key), checking what `/talk` needs. `POST
+/health/speech`: the deployment hears a recording and says it back with the embedded voice,
+also for operators only: the deploy's smoke test, with no paid call."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
 import azure.functions as func
 
 from shared.config import get_settings
-from shared.errors import TalkError
+from shared.errors import NoInput, TalkError
+from shared.pipeline import new_request_id, speak_back
 from shared.providers import active_providers, default_secrets, required_secrets
 from shared.storage import blob_store
 from shared.storage.conversations import conversation_store
 
 bp = func.Blueprint()
+log = logging.getLogger(__name__)
 
 # Readiness reaches storage and Key Vault (seconds when they are down): a burst of probes
 # shares one check.
@@ -40,6 +45,35 @@ def health_ready(req: func.HttpRequest) -> func.HttpResponse:
             _ready_cache = (now, *readiness())
         _, status, body = _ready_cache
     return _json(body, status)
+
+
+# The admin key again: the models run on the caller's upload, which only operators may send.
+@bp.route(route="health/speech", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def health_speech(req: func.HttpRequest) -> func.HttpResponse:
+    rid = new_request_id()
+    try:
+        audio = req.get_body()
+        if not audio:
+            raise NoInput("send a recording as the request body")
+        heard, speech = speak_back(audio, request_id=rid, settings=get_settings())
+    except TalkError as error:
+        return _json({"error": error.message, "code": error.code, "request_id": rid}, error.status)
+    except Exception as error:  # what the check is for: a model or library the deploy broke
+        log.exception("[%s] self-check failed", rid)
+        body = {"error": f"self-check failed: {type(error).__name__}", "request_id": rid}
+        return _json({**body, "code": "self_check_failed"}, 503)
+    return _json(
+        {
+            "status": "ok",
+            "request_id": rid,
+            "transcript": heard.text,
+            "language": heard.language,
+            "audio_bytes": len(speech.mp3),
+            "providers": {"stt": heard.provider, "tts": speech.provider},
+            "timings_ms": {"stt": heard.elapsed_ms, "tts": speech.elapsed_ms},
+        },
+        200,
+    )
 
 
 def readiness() -> tuple[int, dict[str, object]]:

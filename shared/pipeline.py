@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shared.answer import TalkResult
 from shared.audio import decode_isolated
 from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
@@ -84,19 +85,6 @@ class TalkRequest:
     system_prompt: str | None = None
     conversation_id: str | None = None
     request_id: str = field(default_factory=new_request_id)
-
-
-@dataclass(frozen=True)
-class TalkResult:
-    request_id: str
-    transcript: str | None
-    text: str
-    language: str | None
-    mp3: bytes
-    timings_ms: dict[str, int]
-    providers: dict[str, str | None]
-    conversation_id: str | None = None
-    cache: list[str] = field(default_factory=list)
 
 
 def transcribe(
@@ -296,6 +284,24 @@ def _speak(
     if budget:
         budgets(settings).charge(TTS_CHARACTERS, budget, len(text), share)
     return synthesizer, mp3
+
+
+def speak_back(
+    audio: bytes, *, request_id: str, settings: Settings
+) -> tuple[Transcription, Speech]:
+    """A deployment's own check, free of charge: `audio` heard by the installed Whisper model
+    and said back by the embedded voice. What a deploy can break on the way to an answer (the
+    package, its models, the decoder, the MP3 encoder) without a paid call, a budget, or
+    anything stored."""
+    heard = transcribe(audio, request_id=request_id, settings=settings)
+    started = time.perf_counter()
+    with stage_span("tts", request_id) as span:
+        voice = embedded_synthesizer(settings, heard.language)
+        span.set(provider=voice.name, tts_chars=len(heard.text))
+        mp3 = voice.synthesize(heard.text, voice=None, language=heard.language)
+    elapsed_ms = _ms(time.perf_counter() - started)
+    log.info("[%s] Spoken back by the embedded voice in %d ms", request_id, elapsed_ms)
+    return heard, Speech(mp3=mp3, elapsed_ms=elapsed_ms, provider=voice.name)
 
 
 def talk(

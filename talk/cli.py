@@ -15,9 +15,10 @@ import dotenv
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
+from shared.answer import TalkResult
 from shared.config import ENV_FILE, Settings, env_file, get_settings
 from shared.errors import BadInput, TalkError
-from shared.pipeline import TalkRequest, TalkResult, talk
+from shared.pipeline import TalkRequest, talk
 from shared.providers import default_secrets, log_active_providers, required_secrets
 from shared.security.secrets import SecretStore, redact
 from shared.storage.conversations import validate_conversation_id

@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
+from shared.answer import TalkResult
 from shared.errors import BadInput, TalkError
-from shared.pipeline import TalkResult
 
 log = logging.getLogger("talk")
 
@@ -98,13 +98,16 @@ def _collect(
 
 def _backend_error(response: requests.Response) -> TalkError:
     try:
-        message = response.json().get("error", "")
-    except ValueError:
-        message = response.reason or ""
+        body = response.json()
+        message, code = str(body.get("error", "")), body.get("code")
+    except (ValueError, AttributeError):
+        message, code = response.reason or "", None
     status = response.status_code
     refused = 400 <= status < 500 and status not in (401, 403, 404, 429)
     error = (BackendRefused if refused else BackendError)(f"Backend error ({status}): {message}")
     error.status = status
+    if isinstance(code, str):
+        error.code = code  # the backend's own word for it, e.g. budget_exhausted
     return error
 
 

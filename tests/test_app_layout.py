@@ -25,6 +25,7 @@ def test_the_app_indexes_every_function_with_its_bindings() -> None:
     assert json.loads(done.stdout) == {
         "health": ["http", "httpTrigger"],
         "health_ready": ["http", "httpTrigger"],
+        "health_speech": ["http", "httpTrigger"],
         "talk_start": ["durableClient", "http", "httpTrigger"],
         "talk_result": ["durableClient", "http", "httpTrigger"],
         "talk_conversation": ["durableClient", "http", "httpTrigger"],
@@ -39,7 +40,7 @@ def test_the_app_indexes_every_function_with_its_bindings() -> None:
 
 
 def test_routes_and_auth_levels() -> None:
-    from health.api import health, health_ready
+    from health.api import health, health_ready, health_speech
     from talk.api import talk_conversation, talk_forget_me, talk_result, talk_start
 
     def trigger(builder) -> dict:
@@ -59,6 +60,9 @@ def test_routes_and_auth_levels() -> None:
     # Readiness names providers and missing secrets: not for the key that ships in the app.
     assert trigger(health_ready)["route"] == "health/ready"
     assert trigger(health_ready)["authLevel"] == func.AuthLevel.ADMIN
+    # The self-check runs the models on what it is sent: operators only, too.
+    assert trigger(health_speech)["route"] == "health/speech"
+    assert trigger(health_speech)["authLevel"] == func.AuthLevel.ADMIN
 
 
 def test_host_json_serves_the_original_paths_and_throttles_overload() -> None:

@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
@@ -213,35 +215,59 @@ def test_make_serve_is_the_documented_command() -> None:
 
 
 def smoke_test(
-    url: str, key: str, master_key: str, tmp_path: Path
+    url: str, key: str, master_key: str, tmp_path: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tools.smoke_test", url, "--attempts", "2", "--delay", "0.1"]
     return subprocess.run(
-        [sys.executable, "-m", "tools.smoke_test", url, "--attempts", "2", "--delay", "0.1"],
+        [*command, *extra],
         cwd=tmp_path,
         env=cli_environment(TALK_FUNCTION_KEY=key, TALK_MASTER_KEY=master_key),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
 
 
-def test_the_smoke_test_asks_the_sample_question_when_ready(server, tmp_path: Path) -> None:
+def test_the_smoke_test_checks_a_deploy_without_a_paid_call(server, tmp_path: Path) -> None:
     done = smoke_test(server.url, server.key, server.master_key, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "/talk answered" in done.stdout
-    assert "heard 'What is a good way to relax" in done.stdout
+    # The deployed models heard the sample and the embedded voice said it back ...
+    assert "self-check: heard 'What is a good way to relax" in done.stdout
+    # ... the function key, the counters and the Durable task hub answered ...
+    assert "durable: an unknown request id is 404" in done.stdout
+    # ... and no question went to the providers.
+    assert "/talk answered" not in done.stdout
+
+
+def test_the_smoke_test_asks_talk_only_when_told(server, tmp_path: Path) -> None:
+    done = smoke_test(server.url, server.key, server.master_key, tmp_path, "--ask")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "talk: /talk answered" in done.stdout
+
+
+def test_the_self_check_is_for_operators_and_refuses_bad_audio(server) -> None:
+    url = f"{server.url}/health/speech"
+    # The function key ships inside the app: it must not run the models on any upload.
+    assert requests.post(url, data=b"x", headers={"x-functions-key": server.key}).status_code == 401
+    admin = {"x-functions-key": server.master_key}
+    for body, status, code in ((b"", 400, "no_input"), (b"\x00" * 4096, 422, None)):
+        response = requests.post(url, data=body, headers=admin, timeout=60)
+        assert response.status_code == status, response.text
+        answer = response.json()
+        assert answer["request_id"] and answer["error"]
+        assert code is None or answer["code"] == code
 
 
 @pytest.mark.parametrize(
     ("env", "exit_code", "says"),
     [
         # The first deploy: the provider secrets are not in Key Vault yet.
-        ({"LLM_PROVIDER": "huggingface"}, 0, "::notice::/talk not smoke-tested"),
+        ({"LLM_PROVIDER": "huggingface"}, 0, "::notice::The provider secrets are not set yet"),
         # Anything else that is not ready fails the deploy.
         ({"AzureWebJobsStorage": closed_port_connection_string()}, 1, "::error::the app is not"),
     ],
 )
-def test_the_smoke_test_skips_talk_only_while_secrets_are_missing(
+def test_the_smoke_test_passes_while_only_the_secrets_are_missing(
     tmp_path: Path, env: dict[str, str], exit_code: int, says: str
 ) -> None:
     port = free_port()
@@ -254,3 +280,41 @@ def test_the_smoke_test_skips_talk_only_while_secrets_are_missing(
         stop(process)
     assert done.returncode == exit_code, done.stdout + done.stderr
     assert says in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "passes"), [(503, "budget_exhausted", True), (503, "unavailable", False)]
+)
+def test_a_spent_budget_is_a_notice_when_the_smoke_test_asks(
+    status: int, code: str, passes: bool, capsys
+) -> None:
+    """`--ask` against a backend whose daily budget is spent (its 503, as `/talk` answers
+    it): a deploy never fails because of a budget; any other 503 fails it."""
+    from tools.smoke_test import SmokeFailed, ask
+
+    class Backend(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"error": "refused", "code": code, "request_id": "r"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Backend) as backend:
+        threading.Thread(target=backend.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{backend.server_address[1]}"
+        try:
+            if passes:
+                assert ask(url, "key") == "skipped: budget spent"
+                notice = "::notice::/talk not asked: a daily budget is spent"
+                assert notice in capsys.readouterr().out
+            else:
+                with pytest.raises(SmokeFailed, match=r"\(503\)"):
+                    ask(url, "key")
+        finally:
+            backend.shutdown()
