@@ -115,7 +115,16 @@ param httpAlwaysReadyInstances int = 1
 @minValue(0)
 param durableAlwaysReadyInstances int = 1
 
-@description('Durable Functions: the longest an idle task hub waits between polls of its five queues (maxQueuePollingInterval, hh:mm:ss[.fff]). Shorter answers the first question after a quiet spell sooner and costs more queue transactions: docs/deploy.md has the table.')
+// One of the TimeSpans docs/deploy.md's table weighs, not any string: the host reads it as a
+// TimeSpan at start-up, and a malformed one stops the host rather than this deployment.
+@description('Durable Functions: the longest an idle task hub waits between polls of its five queues (maxQueuePollingInterval). Shorter answers the first question after a quiet spell sooner and costs more queue transactions: docs/deploy.md has the table.')
+@allowed([
+  '00:00:00.1'
+  '00:00:00.5'
+  '00:00:01'
+  '00:00:05'
+  '00:00:30'
+])
 param durableMaxQueuePollingInterval string = '00:00:00.5'
 
 @description('TTS_DAILY_CHARACTER_BUDGET: characters a day ElevenLabs may speak across all instances; 0 for no limit. When spent: the embedded voice (ttsFallback piper) or 503 until midnight UTC.')
@@ -181,9 +190,10 @@ param keyVaultCreateMode string = 'default'
 @description('Send Azure Verified Modules usage telemetry to Microsoft (a deployment named 46d3xbcp.* per module).')
 param enableTelemetry bool = true
 
-@description('Days Log Analytics keeps logs.')
-@minValue(30)
-@maxValue(730)
+// The values Application Insights accepts too (AVM insights/component 0.4.1,
+// retentionInDays), which keeps the same days as the workspace.
+@description('Days Log Analytics and Application Insights keep logs.')
+@allowed([30, 60, 90, 120, 180, 270, 365, 550, 730])
 param logRetentionDays int = 30
 
 // ---------------------------------------------------------------------------------------
@@ -353,6 +363,24 @@ module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
 
 // Shared-key access is off: everything (the host, Durable Functions, the deployment
 // package, the app's own talk-audio blobs) authenticates with the managed identity.
+//
+// Diagnostic settings go to the Log Analytics workspace (shapes checked against tag
+// avm/res/storage/storage-account/0.32.0: the account's diagnosticSettings take metrics
+// only; blobServices, tableServices and queueServices each take a diagnosticSettings list).
+// - Blob and table services: the StorageWrite and StorageDelete resource logs only: who
+//   wrote or deleted a recording, a cached reply, a conversation or the state of Durable
+//   Functions, with the caller's identity, and every refused write. Their steady background
+//   (lease renewals of the host's lock and of the Durable partitions, every few seconds) is
+//   in the order of a million rows, a few GB, a month.
+// - No StorageRead: reads are the bulk of the traffic (every talk request reads blobs and
+//   tables) and have the least audit value for their cost.
+// - No queue service logs at all: Durable Functions polls its five queues up to twice a
+//   second each when idle (maxQueuePollingInterval 0.5 s: some 26 million reads a month,
+//   tens of GB of StorageQueueLogs), and its queue writes are the work items Application
+//   Insights already traces.
+// - Categories are named, never left out, and no category group: the service modules fall
+//   back to the allLogs group and AllMetrics when logCategoriesAndGroups or metricCategories
+//   is missing; allLogs takes in StorageRead, and a group is whatever Azure puts in it.
 module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
   name: 'storage'
   scope: rg
@@ -374,6 +402,19 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
       defaultAction: 'Allow'
       bypass: 'AzureServices'
     }
+    // Account level: metrics only (the module takes no logs here), the Transaction ones:
+    // requests, errors, latency and availability by API, once for all services.
+    diagnosticSettings: [
+      {
+        name: 'transactions-to-log-analytics'
+        workspaceResourceId: monitoring.outputs.logAnalyticsWorkspaceId
+        metricCategories: [
+          {
+            category: 'Transaction'
+          }
+        ]
+      }
+    ]
     blobServices: {
       // Soft delete guards against deleting by mistake; note that a recording removed by
       // the lifecycle rule below stays recoverable (soft-deleted) for these 7 more days.
@@ -395,7 +436,42 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
           publicAccess: 'None'
         }
       ]
+      diagnosticSettings: [
+        {
+          name: 'writes-deletes-to-log-analytics'
+          workspaceResourceId: monitoring.outputs.logAnalyticsWorkspaceId
+          logCategoriesAndGroups: [
+            {
+              category: 'StorageWrite'
+            }
+            {
+              category: 'StorageDelete'
+            }
+          ]
+          metricCategories: []
+        }
+      ]
     }
+    // Only for its diagnostic settings: the host and Durable Functions create their tables,
+    // and the app its conversations table, at run time.
+    tableServices: {
+      diagnosticSettings: [
+        {
+          name: 'writes-deletes-to-log-analytics'
+          workspaceResourceId: monitoring.outputs.logAnalyticsWorkspaceId
+          logCategoriesAndGroups: [
+            {
+              category: 'StorageWrite'
+            }
+            {
+              category: 'StorageDelete'
+            }
+          ]
+          metricCategories: []
+        }
+      ]
+    }
+    // No queueServices: see the note above the module.
     // Uploaded questions and spoken replies are transient: delete them after
     // audioRetentionDays. prefixMatch starts with the container name.
     managementPolicyRules: [
@@ -616,6 +692,7 @@ module api './app/api.bicep' = {
     identityId: identity.outputs.resourceId
     identityClientId: identity.outputs.clientId
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     appSettings: appSettings
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

@@ -29,6 +29,9 @@ param identityClientId string
 @description('Name of the Application Insights component.')
 param applicationInsightsName string
 
+@description('Resource id of the Log Analytics workspace that receives the Function App\'s resource logs (FunctionAppLogs); empty sends none.')
+param logAnalyticsWorkspaceId string = ''
+
 @description('App settings from main.bicep; the identity-based connection settings below are added to them.')
 param appSettings object = {}
 
@@ -149,6 +152,30 @@ resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   })
+}
+
+// The Functions host's and the worker's log stream as platform resource logs (the
+// FunctionAppLogs table of the workspace). Application Insights receives much the same lines,
+// but only while the app's identity can publish to it (its local auth is off) and after
+// sampling; these come through the platform whatever the app's identity or telemetry set-up,
+// so a host that fails to start or to authenticate still leaves a trace. Volume follows
+// invocations (a few lines each at host.json's levels), not time. FunctionAppLogs is the
+// category for Functions; not the allLogs group, whose App Service categories (HTTP, console,
+// platform, authentication logs) would repeat the requests and output Application Insights
+// already has, billed again per GB, and no metrics (the platform keeps them for 93 days
+// without charge).
+resource functionAppDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsWorkspaceId)) {
+  name: 'function-logs-to-log-analytics'
+  scope: functionApp
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
+  }
 }
 
 // Publishing goes through Entra ID (azd uses a bearer token), so basic-auth
