@@ -23,6 +23,9 @@ from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
 WORKFLOWS = ROOT / ".github" / "workflows"
+# The one name `azd pipeline config` recognises (Azure/azure-dev cli/azd/pkg/pipeline/
+# pipeline.go, pipelineFileNames: azure-dev.yml or azure-dev.yaml).
+DEPLOY = WORKFLOWS / "azure-dev.yml"
 IAC_PYTHON = ROOT / ".tools" / "iac-venv" / "bin" / "python"
 CHECKOV = ROOT / ".tools" / "iac-venv" / "bin" / "checkov"
 CHECK_JSONSCHEMA = ROOT / ".tools" / "iac-venv" / "bin" / "check-jsonschema"
@@ -171,7 +174,7 @@ def _workflow_schema(*files: Path) -> subprocess.CompletedProcess[str]:
 
 def test_workflows_pass_actionlint_and_the_schema() -> None:
     files = sorted(WORKFLOWS.glob("*.yml"))
-    assert {f.name for f in files} == {"ci.yml", "deploy.yml"}
+    assert {f.name for f in files} == {"ci.yml", "azure-dev.yml"}
     lint = _actionlint(ROOT)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     schema = _workflow_schema(*files)
@@ -202,7 +205,7 @@ def _yaml(path: Path) -> dict:
 
 
 def test_deploy_runs_only_after_a_green_ci_of_the_same_commit() -> None:
-    deploy = _yaml(WORKFLOWS / "deploy.yml")
+    deploy = _yaml(DEPLOY)
     triggers = deploy[True]  # YAML 1.1 reads the key `on` as true
     assert set(triggers) == {"workflow_run", "workflow_dispatch"}
     assert triggers["workflow_run"] == {
@@ -227,13 +230,13 @@ def test_deploy_runs_only_after_a_green_ci_of_the_same_commit() -> None:
 
 
 def test_deploy_ships_what_azd_ships_with_oidc_and_pinned_actions() -> None:
-    deploy = _yaml(WORKFLOWS / "deploy.yml")
+    deploy = _yaml(DEPLOY)
     assert deploy["permissions"]["id-token"] == "write"
     runs = "\n".join(s.get("run", "") for s in deploy["jobs"]["deploy"]["steps"])
     assert "--federated-credential-provider github" in runs
     # azd packages what .funcignore leaves in and asks Flex Consumption for a remote build.
     assert "azd provision --no-prompt" in runs and "azd deploy --no-prompt" in runs
-    text = (WORKFLOWS / "deploy.yml").read_text()
+    text = DEPLOY.read_text()
     for deprecated in ("azure/arm-deploy", "Azure/functions-action"):
         assert deprecated.lower() not in text.lower()
     for workflow in WORKFLOWS.glob("*.yml"):
@@ -242,12 +245,54 @@ def test_deploy_ships_what_azd_ships_with_oidc_and_pinned_actions() -> None:
 
 
 def test_deploy_smoke_tests_readiness_then_talk() -> None:
-    runs = (WORKFLOWS / "deploy.yml").read_text()
+    runs = DEPLOY.read_text()
     assert 'python -m tools.smoke_test "$FUNCTION_URL"' in runs
     assert "::add-mask::$TALK_FUNCTION_KEY" in runs
+    # No paid call on a deploy: `--ask` is for a person who wants one.
+    assert "--ask" not in runs
     ci = (WORKFLOWS / "ci.yml").read_text()
     assert "make test" in ci
     assert "pip-audit" in ci
+
+
+def _smoke_packages() -> list[str]:
+    """The packages the deploy job installs for its smoke test, as its `grep` picks them."""
+    runs = "\n".join(s.get("run", "") for s in _yaml(DEPLOY)["jobs"]["deploy"]["steps"])
+    [names] = re.findall(r"grep -E '\^\(([\w|.-]+)\)==' requirements\.txt", runs)
+    assert "pip install -r requirements.txt" not in runs  # not the whole production closure
+    return names.split("|")
+
+
+def test_the_smoke_test_runs_with_only_what_the_deploy_job_installs(tmp_path: Path) -> None:
+    """The deploy job installs requests and what requests needs, at requirements.txt's pins,
+    and nothing else: the smoke test must import with only those on its path."""
+    import importlib.metadata as metadata
+
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    site = tmp_path / "site"
+    site.mkdir()
+    for package in _smoke_packages():
+        assert package in pins, package
+        dist = metadata.distribution(package)
+        assert dist.version == pins[package]  # the pin the job installs is the one tested
+        for top in (dist.read_text("top_level.txt") or package.replace("-", "_")).split():
+            (site / top).symlink_to(Path(str(dist.locate_file(top))))
+    probe = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import tools.smoke_test; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(ROOT), str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _parameter_variables() -> list[str]:
@@ -263,14 +308,51 @@ def _parameter_variables() -> list[str]:
 AZD_VARIABLES = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID", "AZURE_PRINCIPAL_TYPE"}
 
 
+# A one-off for re-creating an environment (`recover` a soft-deleted vault): copied into the
+# repository's variables, CI would provision with it on every push.
+ONE_OFF_VARIABLES = {"KEY_VAULT_CREATE_MODE"}
+
+
 def test_the_workflow_deploys_with_the_azd_environments_parameters() -> None:
-    user_variables = [v for v in _parameter_variables() if v not in AZD_VARIABLES]
+    user_variables = [
+        v for v in _parameter_variables() if v not in AZD_VARIABLES | ONE_OFF_VARIABLES
+    ]
     # `azd pipeline config` copies exactly these into the repository's variables ...
     assert _yaml(ROOT / "azure.yaml")["pipeline"]["variables"] == user_variables
     # ... and the deploy job hands each of them to `azd provision`.
-    env = _yaml(WORKFLOWS / "deploy.yml")["jobs"]["deploy"]["env"]
+    env = _yaml(DEPLOY)["jobs"]["deploy"]["env"]
     for variable in user_variables:
         assert env.get(variable) == f"${{{{ vars.{variable} }}}}", variable
+
+
+def test_a_one_off_recovery_setting_never_reaches_the_pipeline() -> None:
+    assert set(_parameter_variables()) >= ONE_OFF_VARIABLES
+    assert not ONE_OFF_VARIABLES & set(_yaml(ROOT / "azure.yaml")["pipeline"]["variables"])
+    assert not ONE_OFF_VARIABLES & set(_yaml(DEPLOY)["jobs"]["deploy"]["env"])
+
+
+def test_azd_pipeline_config_finds_the_gated_workflow_and_adds_none() -> None:
+    """Under another name azd offers (default yes) to add its own workflow, which deploys on
+    every push without waiting for CI: two deploys would race."""
+    assert _yaml(ROOT / "azure.yaml")["pipeline"]["provider"] == "github"
+    assert DEPLOY.name in ("azure-dev.yml", "azure-dev.yaml")
+    deploying = [w.name for w in WORKFLOWS.glob("*.y*ml") if "azd deploy" in w.read_text()]
+    assert deploying == [DEPLOY.name]
+
+
+def test_the_deploy_job_is_skipped_until_the_pipeline_is_configured() -> None:
+    """Before `azd pipeline config` the repository has no variables: every push would end
+    in a red deploy at login."""
+    condition = " ".join(_yaml(DEPLOY)["jobs"]["deploy"]["if"].split())
+    assert condition.startswith("vars.AZURE_CLIENT_ID != '' && (")
+    assert condition.endswith(")")
+
+
+def test_azd_in_the_workflow_is_a_pinned_release() -> None:
+    steps = _yaml(DEPLOY)["jobs"]["deploy"]["steps"]
+    [setup] = [s for s in steps if s.get("uses", "").startswith("Azure/setup-azd@")]
+    # The action installs `latest` when not told otherwise.
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(setup["with"]["version"]))
 
 
 def test_every_parameter_file_entry_is_a_template_parameter_and_vice_versa() -> None:
@@ -282,10 +364,12 @@ def test_every_parameter_file_entry_is_a_template_parameter_and_vice_versa() -> 
     assert required <= set(given)
 
 
-def test_azd_hooks_wait_for_the_roles() -> None:
+def test_azd_hooks_wait_for_the_roles_and_add_the_deploy_credential() -> None:
     hook = _yaml(ROOT / "azure.yaml")["hooks"]["postprovision"]
-    assert hook["run"] == "sh infra/hooks/wait-for-roles.sh"
+    assert hook["run"] == "sh infra/hooks/postprovision.sh"
     assert hook["continueOnError"] is True
+    steps = (INFRA / "hooks" / "postprovision.sh").read_text()
+    assert "wait-for-roles.sh" in steps and "pipeline-credential.sh" in steps
     outputs = parse_bicep(INFRA / "main.bicep")[str(INFRA / "main.bicep")]["tree"]["outputs"]
     script = (INFRA / "hooks" / "wait-for-roles.sh").read_text()
     for name in set(re.findall(r"\$\{?(AZURE_[A-Z_]+)", script)) - {"AZURE_PRINCIPAL_ID"}:
@@ -330,17 +414,98 @@ def _run_hook(tmp_path: Path, fail_times: int, limit: int) -> subprocess.Complet
 def test_the_role_wait_hook_waits_until_storage_and_key_vault_answer(tmp_path: Path) -> None:
     done = _run_hook(tmp_path, fail_times=3, limit=100)
     assert done.returncode == 0
-    assert done.stdout.count("waiting for storage and Key Vault access") == 3
-    assert done.stdout.strip().endswith("storage and Key Vault are reachable.")
+    assert done.stdout.count("waiting for Key Vault access") == 3
+    assert done.stdout.strip().endswith("the Key Vault is reachable.")
     calls = (tmp_path / "az.log").read_text().splitlines()
-    assert calls[-2].startswith("storage blob list --auth-mode login --account-name stexample")
     assert calls[-1].startswith("keyvault secret list --vault-name kv-example")
+    # The code deploy needs no role of the user's: Flex Consumption takes the package at
+    # /api/publish and stores it as the app's identity. Nothing waits on blob access.
+    assert not [call for call in calls if call.startswith("storage")]
 
 
 def test_the_role_wait_hook_gives_up_in_bounded_time(tmp_path: Path) -> None:
     done = _run_hook(tmp_path, fail_times=10**6, limit=0)
     assert done.returncode == 0
-    assert "roles still not effective" in done.stdout
+    assert "role is still not effective" in done.stdout
+
+
+def _credential_hook(
+    tmp_path: Path, existing: int, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """infra/hooks/pipeline-credential.sh against an `az` that logs its calls and lists
+    `existing` credentials with the subject asked about."""
+    tmp_path.mkdir(exist_ok=True)
+    log = tmp_path / "az.log"
+    log.touch()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "az").write_text(
+        f'#!/bin/sh\necho "$*" >> "{log}"\ncase "$*" in *" list "*) echo {existing};; esac\n'
+    )
+    (bin_dir / "az").chmod(0o755)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path / "repo"),
+            "remote",
+            "add",
+            "origin",
+            "git@github.com:example-org/talk-backend.git",
+        ],
+        check=True,
+    )
+    done = subprocess.run(
+        ["sh", str(INFRA / "hooks" / "pipeline-credential.sh")],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        cwd=tmp_path / "repo",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done, log.read_text().splitlines()
+
+
+def test_the_deploy_jobs_credential_is_added_by_the_set_up(tmp_path: Path) -> None:
+    """azd pipeline config makes credentials for branches and pull requests only; the deploy
+    job's token names its GitHub environment, so without this one the first deploy fails."""
+    environment = _yaml(DEPLOY)["jobs"]["deploy"]["environment"]
+    done, calls = _credential_hook(tmp_path, 0, AZURE_PIPELINE_CLIENT_ID="app-id")
+    assert done.returncode == 0, done.stdout + done.stderr
+    subject = f"repo:example-org/talk-backend:environment:{environment}"
+    assert calls[0].startswith("ad app federated-credential list --id app-id")
+    [create] = [call for call in calls if " create " in f" {call} "]
+    assert create.startswith("ad app federated-credential create --id app-id")
+    parameters = json.loads(create.split("--parameters ", 1)[1])
+    assert parameters["subject"] == subject
+    assert parameters["issuer"] == "https://token.actions.githubusercontent.com"
+    assert parameters["audiences"] == ["api://AzureADTokenExchange"]
+    assert f"added the federated credential for {subject}" in done.stdout
+
+
+def test_the_credential_hook_is_idempotent_and_quiet_before_pipeline_config(
+    tmp_path: Path,
+) -> None:
+    done, calls = _credential_hook(tmp_path / "a", 1, AZURE_PIPELINE_CLIENT_ID="app-id")
+    assert done.returncode == 0 and not [call for call in calls if " create " in f" {call} "]
+    assert "is there" in done.stdout
+    done, calls = _credential_hook(tmp_path / "b", 0)  # azd pipeline config has not run
+    assert done.returncode == 0 and calls == []
+
+
+def test_the_credential_hook_serves_a_pipeline_managed_identity(tmp_path: Path) -> None:
+    msi = (
+        "/subscriptions/s/resourceGroups/rg-ci/providers/Microsoft.ManagedIdentity/"
+        "userAssignedIdentities/id-ci"
+    )
+    done, calls = _credential_hook(
+        tmp_path, 0, AZURE_PIPELINE_MSI_RESOURCE_ID=msi, GITHUB_REPOSITORY="o/r"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [create] = [call for call in calls if " create " in f" {call} "]
+    assert "--identity-name id-ci --resource-group rg-ci" in create
+    assert "--subject repo:o/r:environment:production" in create
 
 
 # --- deployment structure -----------------------------------------------------------------
@@ -445,10 +610,37 @@ def test_pip_install_dot_builds_the_app_and_nothing_else(tmp_path: Path) -> None
     assert "azure-functions==1.26.0" in requires
 
 
+def _funcignore_patterns() -> list[str]:
+    lines = (ROOT / ".funcignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    # Patterns without a slash match a name at any depth, in gitignore (and azd) as in fnmatch.
+    assert not [p for p in patterns if "/" in p.rstrip("/") or p.startswith("!")]
+    return patterns
+
+
+def _packaged(relative: str) -> bool:
+    """Whether azd would put this path in the package under .funcignore's patterns."""
+    import fnmatch
+
+    parts = relative.split("/")
+    return not any(
+        fnmatch.fnmatch(part, p.rstrip("/")) for part in parts for p in _funcignore_patterns()
+    )
+
+
+def test_no_virtual_environment_reaches_the_package() -> None:
+    """With a .funcignore, azd stops leaving out folders that hold pyvenv.cfg by itself, and
+    `azd restore` makes its own, named after the project folder (VenvNameForDir)."""
+    for venv in (".venv", "venv", "env", ".venv-3.11", "main_env", "talk-backend_env"):
+        assert not _packaged(f"{venv}/lib/python3.11/site-packages/numpy/__init__.py"), venv
+    for kept in ("function_app.py", "shared/pipeline.py", "talk/api.py", "health/api.py"):
+        assert _packaged(kept), kept
+
+
 def test_the_package_leaves_out_what_the_app_does_not_run() -> None:
-    ignored = set((ROOT / ".funcignore").read_text().split())
+    ignored = set(_funcignore_patterns())
     # azd stops leaving out .venv and __pycache__ by itself once a .funcignore exists.
-    needed = {".venv", "__pycache__", ".git*", "tests", "tools", "bench", "infra", "docs"}
+    needed = {".venv*", "__pycache__", ".git*", "tests", "tools", "bench", "infra", "docs"}
     needed |= {"local.settings.json", ".env", "requirements-*.txt", "requirements.in"}
     needed |= {"pyproject.toml", "constraints.txt", "samples", ".azurite", ".tools"}
     assert needed <= ignored
@@ -538,6 +730,36 @@ def test_durable_queue_polling_is_a_parameter_that_overrides_host_json() -> None
         "AzureFunctionsJobHost__extensions__durableTask__storageProvider__maxQueuePollingInterval:"
         " durableMaxQueuePollingInterval" in main
     )
+
+
+# .NET's TimeSpan in the host's configuration: [d.]hh:mm:ss[.fffffff]
+_TIMESPAN = re.compile(r"(?:\d+\.)?([01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,7})?")
+
+
+def test_durable_queue_polling_takes_only_the_intervals_the_deploy_guide_weighs() -> None:
+    """A malformed TimeSpan would stop the host at start-up, after a green deployment."""
+    tree = parse_bicep(INFRA / "main.bicep")[str(INFRA / "main.bicep")]["tree"]
+    parameter = tree["parameters"]["durableMaxQueuePollingInterval"]
+    allowed = re.search(
+        r"@allowed\(\[([^\]]*)\]\)\s*param durableMaxQueuePollingInterval",
+        (INFRA / "main.bicep").read_text(),
+    )
+    assert allowed and parameter
+    values = re.findall(r"'([^']+)'", allowed[1])
+    assert all(_TIMESPAN.fullmatch(value) for value in values)
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    rows = re.findall(r"^\| \**([\d.]+) s", guide, re.MULTILINE)
+    seconds = [
+        float(h) * 3600 + float(m) * 60 + float(sec)
+        for h, m, sec in (value.split(":") for value in values)
+    ]
+    assert seconds == [float(row) for row in rows]
+
+
+def test_the_orchestration_is_traced_by_the_durable_extension() -> None:
+    """docs/operations.md shows an orchestration span: Durable's distributed tracing V2."""
+    durable = json.loads((ROOT / "host.json").read_text())["extensions"]["durableTask"]
+    assert durable["tracing"] == {"distributedTracingEnabled": True, "version": "V2"}
 
 
 def test_cors_origins_are_a_comma_separated_parameter_and_never_a_wildcard() -> None:
