@@ -26,6 +26,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     drop: bool = False  # close the connection without answering
+    # A streamed answer: each piece sent (chunked) after its delay, as a provider that
+    # streams makes it; `body` is then ignored. A piece of None drops the connection there.
+    pieces: list[tuple[float, bytes | None]] | None = None
 
     @classmethod
     def json(cls, status: int, document: Any, **headers: str) -> Reply:
@@ -100,9 +103,29 @@ class LoopbackServer:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
+                if reply.pieces is not None:
+                    self._stream(reply.pieces)
+                    return
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+            def _stream(self, pieces: list[tuple[float, bytes | None]]) -> None:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for delay_s, piece in pieces:
+                        time.sleep(delay_s)
+                        if piece is None:  # the provider dropped the stream half-way
+                            self.close_connection = True
+                            self.connection.close()
+                            return
+                        if piece:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                            self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client went away: stop making the rest
+                    self.close_connection = True
 
             # http.server dispatches to these names.
             do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815
