@@ -13,7 +13,7 @@ import time
 import azure.functions as func
 
 from shared.config import get_settings
-from shared.errors import NoInput, TalkError
+from shared.errors import NoInput, RetryLater, TalkError
 from shared.pipeline import new_request_id, speak_back
 from shared.providers import active_providers, default_secrets, required_secrets
 from shared.storage import blob_store
@@ -57,11 +57,16 @@ def health_speech(req: func.HttpRequest) -> func.HttpResponse:
             raise NoInput("send a recording as the request body")
         heard, speech = speak_back(audio, request_id=rid, settings=get_settings())
     except TalkError as error:
-        return _json({"error": error.message, "code": error.code, "request_id": rid}, error.status)
+        if error.status < 500:  # the recording: the sender's to fix
+            return _refused(rid, error.status, error.message, error.code)
+        # A model the deploy did not ship (ConfigError), a spent CPU budget: the app's.
+        log.warning("[%s] self-check failed: %s", rid, error.message)
+        retry = {"Retry-After": str(error.retry_after_s)} if isinstance(error, RetryLater) else {}
+        return _refused(rid, 503, f"self-check failed: {error.message}", "self_check_failed", retry)
     except Exception as error:  # what the check is for: a model or library the deploy broke
         log.exception("[%s] self-check failed", rid)
-        body = {"error": f"self-check failed: {type(error).__name__}", "request_id": rid}
-        return _json({**body, "code": "self_check_failed"}, 503)
+        message = f"self-check failed: {type(error).__name__}"
+        return _refused(rid, 503, message, "self_check_failed")
     return _json(
         {
             "status": "ok",
@@ -109,5 +114,16 @@ def forget_readiness() -> None:
         _ready_cache = None
 
 
-def _json(body: dict[str, object], status: int) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+def _json(
+    body: dict[str, object], status: int, headers: dict[str, str] | None = None
+) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, mimetype="application/json", headers=headers
+    )
+
+
+def _refused(
+    rid: str, status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> func.HttpResponse:
+    body = {"error": message, "code": code, "request_id": rid}
+    return _json(body, status, {"X-Request-Id": rid, **(headers or {})})

@@ -80,7 +80,7 @@ class _Parser:
             while self.peek(","):
                 self.take(",")
                 parts.append(self.parenthesised())
-            return lambda tables: [row for part in parts for row in part(tables)]
+            return lambda tables: _union([part(tables) for part in parts])
         table = self.take()
         return lambda tables: [dict(row) for row in tables.get(table, [])]
 
@@ -232,6 +232,33 @@ def _has(text: str, term: str) -> bool:
     return re.search(before + re.escape(term) + after, text, re.IGNORECASE) is not None
 
 
+class _NoRows(int):
+    """The sum of no rows: 0 of whatever type the column has, which rows alone can't tell."""
+
+
+_NO_ROWS = _NoRows(0)
+
+
+def _union(parts: list[list[Row]]) -> list[Row]:
+    """Rows of every part. Kusto's union (kind=outer) makes a column that is a long in one
+    part and a real in another into two columns, `x_long` and `x_real`, so a query that
+    goes on to use `x` finds none: refused here as the error it would be there."""
+    kinds: dict[str, set[str]] = {}
+    for rows in parts:
+        for row in rows:
+            for column, value in row.items():
+                if isinstance(value, bool | _NoRows) or value is None:
+                    continue
+                if isinstance(value, int):
+                    kinds.setdefault(column, set()).add("long")
+                elif isinstance(value, float):
+                    kinds.setdefault(column, set()).add("real")
+    mixed = sorted(column for column, found in kinds.items() if len(found) > 1)
+    if mixed:
+        raise KqlError(f"union of a long and a real column: {', '.join(mixed)}")
+    return [row for rows in parts for row in rows]
+
+
 _ARITHMETIC = {
     "+": _null_safe(lambda a, b: a + b),
     "-": _null_safe(lambda a, b: a - b),
@@ -275,7 +302,7 @@ def _aggregate(function: str, arguments: list[Callable[[Row], Any]]) -> Callable
         return len
     if function == "sum":
         [value] = arguments
-        return lambda rows: sum(value(row) or 0 for row in rows)
+        return lambda rows: sum((value(row) or 0 for row in rows), _NO_ROWS)
     if function == "sumif":
         value, condition = arguments
         return lambda rows: sum(value(row) or 0 for row in rows if condition(row) is True)

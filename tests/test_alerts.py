@@ -632,8 +632,17 @@ def test_the_evaluator_runs_known_queries() -> None:
     assert run(
         'union (customMetrics | where tostring(customDimensions["code"]) in ("ok")'
         " | summarize n = sum(valueSum)),"
-        " (dependencies | summarize n = countif(toint(resultCode) >= 500)) | summarize n = sum(n)"
+        " (dependencies | where toint(resultCode) >= 500 | summarize n = sum(todouble(itemCount)))"
+        " | summarize n = sum(n)"
     ) == [{"n": 3.0}]
+    # A long in one part and a real in the other are two columns in Kusto (n_long, n_real):
+    # the summarize after it would find no `n`.
+    with pytest.raises(KqlError, match="union of a long and a real column: n"):
+        run(
+            "union (customMetrics | summarize n = sum(valueSum)),"
+            " (dependencies | summarize n = countif(toint(resultCode) >= 500))"
+            " | summarize n = sum(n)"
+        )
     # A summary of no rows is one row: 0 for counts and sums, null for a percentile.
     assert run(
         "requests | where duration > 100 | summarize n = count(), p = percentile(duration, 95)"

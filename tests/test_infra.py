@@ -16,6 +16,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from shared.config import settings_docs
 from shared.security.secrets import SECRET_DOCS
 from tests.bicep_deployments import clashes, deployments
@@ -260,7 +262,10 @@ def _smoke_packages() -> list[str]:
     runs = "\n".join(s.get("run", "") for s in _yaml(DEPLOY)["jobs"]["deploy"]["steps"])
     [names] = re.findall(r"grep -E '\^\(([\w|.-]+)\)==' requirements\.txt", runs)
     assert "pip install -r requirements.txt" not in runs  # not the whole production closure
-    return names.split("|")
+    packages = names.split("|")
+    # A pin that went missing stops the step, not the smoke test's import later.
+    assert f'wc -l < "$RUNNER_TEMP/smoke-requirements.txt")" -eq {len(packages)}' in runs
+    return packages
 
 
 def test_the_smoke_test_runs_with_only_what_the_deploy_job_installs(tmp_path: Path) -> None:
@@ -430,31 +435,26 @@ def test_the_role_wait_hook_gives_up_in_bounded_time(tmp_path: Path) -> None:
 
 
 def _credential_hook(
-    tmp_path: Path, existing: int, **env: str
+    tmp_path: Path,
+    existing: str,
+    remote: str = "git@github.com:example-org/talk-backend.git",
+    **env: str,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """infra/hooks/pipeline-credential.sh against an `az` that logs its calls and lists
-    `existing` credentials with the subject asked about."""
+    """infra/hooks/pipeline-credential.sh against an `az` that logs its calls and answers
+    `existing` when asked how many credentials have the subject."""
     tmp_path.mkdir(exist_ok=True)
     log = tmp_path / "az.log"
     log.touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "az").write_text(
-        f'#!/bin/sh\necho "$*" >> "{log}"\ncase "$*" in *" list "*) echo {existing};; esac\n'
+        f'#!/bin/sh\necho "$*" >> "{log}"\n'
+        f'case "$*" in *" list "*) printf \'{existing}\\n\';; esac\n'
     )
     (bin_dir / "az").chmod(0o755)
     subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
     subprocess.run(
-        [
-            "git",
-            "-C",
-            str(tmp_path / "repo"),
-            "remote",
-            "add",
-            "origin",
-            "git@github.com:example-org/talk-backend.git",
-        ],
-        check=True,
+        ["git", "-C", str(tmp_path / "repo"), "remote", "add", "origin", remote], check=True
     )
     done = subprocess.run(
         ["sh", str(INFRA / "hooks" / "pipeline-credential.sh")],
@@ -467,45 +467,73 @@ def _credential_hook(
     return done, log.read_text().splitlines()
 
 
+def _created(calls: list[str]) -> list[str]:
+    return [call for call in calls if " create " in f" {call} "]
+
+
 def test_the_deploy_jobs_credential_is_added_by_the_set_up(tmp_path: Path) -> None:
     """azd pipeline config makes credentials for branches and pull requests only; the deploy
     job's token names its GitHub environment, so without this one the first deploy fails."""
     environment = _yaml(DEPLOY)["jobs"]["deploy"]["environment"]
-    done, calls = _credential_hook(tmp_path, 0, AZURE_PIPELINE_CLIENT_ID="app-id")
+    done, calls = _credential_hook(tmp_path, "0", AZURE_PIPELINE_CLIENT_ID="app-id")
     assert done.returncode == 0, done.stdout + done.stderr
     subject = f"repo:example-org/talk-backend:environment:{environment}"
     assert calls[0].startswith("ad app federated-credential list --id app-id")
-    [create] = [call for call in calls if " create " in f" {call} "]
+    [create] = _created(calls)
     assert create.startswith("ad app federated-credential create --id app-id")
     parameters = json.loads(create.split("--parameters ", 1)[1])
     assert parameters["subject"] == subject
     assert parameters["issuer"] == "https://token.actions.githubusercontent.com"
     assert parameters["audiences"] == ["api://AzureADTokenExchange"]
+    # Not the name azd gives a branch's credential (<owner>-<repo>-<branch>).
+    assert parameters["name"] != "example-org-talk-backend-production"
     assert f"added the federated credential for {subject}" in done.stdout
 
 
 def test_the_credential_hook_is_idempotent_and_quiet_before_pipeline_config(
     tmp_path: Path,
 ) -> None:
-    done, calls = _credential_hook(tmp_path / "a", 1, AZURE_PIPELINE_CLIENT_ID="app-id")
-    assert done.returncode == 0 and not [call for call in calls if " create " in f" {call} "]
+    done, calls = _credential_hook(tmp_path / "a", "1", AZURE_PIPELINE_CLIENT_ID="app-id")
+    assert done.returncode == 0 and not _created(calls)
     assert "is there" in done.stdout
-    done, calls = _credential_hook(tmp_path / "b", 0)  # azd pipeline config has not run
+    done, calls = _credential_hook(tmp_path / "b", "0")  # azd pipeline config has not run
     assert done.returncode == 0 and calls == []
+    # az on Windows (Git Bash) ends its lines with CR: still a count.
+    done, calls = _credential_hook(tmp_path / "c", "0\\r", AZURE_PIPELINE_CLIENT_ID="app-id")
+    assert done.returncode == 0 and len(_created(calls)) == 1
 
 
-def test_the_credential_hook_serves_a_pipeline_managed_identity(tmp_path: Path) -> None:
+def test_the_credential_hook_serves_azds_default_managed_identity(tmp_path: Path) -> None:
+    """`azd pipeline config` defaults to a user-assigned managed identity, whose resource id
+    it keeps in AZURE_PIPELINE_MSI_CLIENT_ID (and sets no AZURE_PIPELINE_CLIENT_ID)."""
     msi = (
-        "/subscriptions/s/resourceGroups/rg-ci/providers/Microsoft.ManagedIdentity/"
+        "/subscriptions/sub-ci/resourceGroups/rg-ci/providers/Microsoft.ManagedIdentity/"
         "userAssignedIdentities/id-ci"
     )
     done, calls = _credential_hook(
-        tmp_path, 0, AZURE_PIPELINE_MSI_RESOURCE_ID=msi, GITHUB_REPOSITORY="o/r"
+        tmp_path, "0", "https://github.com/o/r/", AZURE_PIPELINE_MSI_CLIENT_ID=msi
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    [create] = [call for call in calls if " create " in f" {call} "]
-    assert "--identity-name id-ci --resource-group rg-ci" in create
-    assert "--subject repo:o/r:environment:production" in create
+    where = "--identity-name id-ci --resource-group rg-ci --subscription sub-ci"
+    assert calls[0].startswith(f"identity federated-credential list {where}")
+    [create] = _created(calls)
+    assert where in create and "--subject repo:o/r:environment:production" in create
+
+
+@pytest.mark.parametrize(
+    ("answer", "remote", "says"),
+    [
+        ("", "git@github.com:o/r.git", "az answered ''"),  # no count is not "there"
+        ("0", "https://ghe.example.com/o/r.git", "not on github.com"),  # another issuer
+        ("0", "/srv/git/r.git", "not on github.com"),
+    ],
+)
+def test_the_credential_hook_refuses_what_it_cannot_be_sure_of(
+    tmp_path: Path, answer: str, remote: str, says: str
+) -> None:
+    done, calls = _credential_hook(tmp_path, answer, remote, AZURE_PIPELINE_CLIENT_ID="app-id")
+    assert done.returncode == 1 and says in done.stdout
+    assert not _created(calls)
 
 
 # --- deployment structure -----------------------------------------------------------------

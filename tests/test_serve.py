@@ -265,6 +265,13 @@ def test_the_self_check_is_for_operators_and_refuses_bad_audio(server) -> None:
         ({"LLM_PROVIDER": "huggingface"}, 0, "::notice::The provider secrets are not set yet"),
         # Anything else that is not ready fails the deploy.
         ({"AzureWebJobsStorage": closed_port_connection_string()}, 1, "::error::the app is not"),
+        # A model folder without the model in it (a package that shipped broken): ready, but
+        # the self-check's 503, never a 500.
+        (
+            {"WHISPER_MODEL": str(ROOT / "docs")},
+            1,
+            "::error::self-check: the self-check failed (503)",
+        ),
     ],
 )
 def test_the_smoke_test_passes_while_only_the_secrets_are_missing(
@@ -280,6 +287,20 @@ def test_the_smoke_test_passes_while_only_the_secrets_are_missing(
         stop(process)
     assert done.returncode == exit_code, done.stdout + done.stderr
     assert says in done.stdout
+
+
+def test_only_secrets_not_set_yet_pass_a_deploy_that_is_not_ready() -> None:
+    from tools.smoke_test import _only_secrets_missing
+
+    def readiness(secrets: str) -> dict:
+        return {"checks": {"config": "ok", "secrets": secrets, "storage": "ok"}}
+
+    assert _only_secrets_missing(503, readiness("missing: hf-api-token, elevenlabs-api-key"))
+    # A vault that refused the app or could not be reached reads as missing secrets too,
+    # with the problem after them: a broken deploy.
+    unreachable = "missing: hf-api-token; Key Vault kv-x unreachable (HttpResponseError)"
+    assert not _only_secrets_missing(503, readiness(unreachable))
+    assert not _only_secrets_missing(200, readiness("ok"))
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,9 @@ var rules = [
     name: 'vault-or-storage-failures'
     description: 'Key Vault or Storage refused the app (401/403) or failed (5xx, no answer), or /talk answered storage_unavailable or missing_secret, more than 4 times in 15 minutes.'
     severity: 1
-    query: 'union (dependencies | where target has "vault.azure.net" or target has ".core.windows.net" | where not(target has "vault.azure.net" and toint(resultCode) == 401) | where toint(resultCode) in (0, 401, 403) or toint(resultCode) >= 500 | summarize failures = sum(itemCount)), (customMetrics | where name == "talk.requests" and tostring(customDimensions["code"]) in ("storage_unavailable", "missing_secret") | summarize failures = sum(valueSum)) | summarize failures = sum(failures)'
+    // Both branches sum reals: a union of a long and a real column of one name would make two
+    // columns (failures_long, failures_real) and the outer summarize would find neither.
+    query: 'union (dependencies | where target has "vault.azure.net" or target has ".core.windows.net" | where not(target has "vault.azure.net" and toint(resultCode) == 401) | where toint(resultCode) in (0, 401, 403) or toint(resultCode) >= 500 | summarize failures = sum(todouble(itemCount))), (customMetrics | where name == "talk.requests" and tostring(customDimensions["code"]) in ("storage_unavailable", "missing_secret") | summarize failures = sum(valueSum)) | summarize failures = sum(failures)'
     measure: 'failures'
     threshold: 4
   }

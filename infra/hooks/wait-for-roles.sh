@@ -16,8 +16,8 @@ if ! command -v az >/dev/null 2>&1; then
   echo "wait-for-roles: no Azure CLI (az); if 'az keyvault secret set' gets a 403, wait a few minutes and retry."
   exit 0
 fi
-if [ -z "${AZURE_PRINCIPAL_ID:-}" ]; then
-  echo "wait-for-roles: no AZURE_PRINCIPAL_ID, so no data roles were assigned to you; nothing to wait for."
+if [ -z "${AZURE_PRINCIPAL_ID:-}" ] || [ -z "${AZURE_KEY_VAULT_NAME:-}" ]; then
+  echo "wait-for-roles: no AZURE_PRINCIPAL_ID or AZURE_KEY_VAULT_NAME, so no Key Vault role of yours to wait for."
   exit 0
 fi
 
