@@ -3,7 +3,8 @@
 Connection reuse saves a TLS handshake per request, which a voice round trip feels.
 Retries cover what a retry can fix (429, 5xx, timeouts, dropped connections), honour
 `Retry-After`, and give up at once on other 4xx, on a `Retry-After` longer than the
-caller can wait, and when the overall deadline would pass.
+caller can wait, and when the overall deadline would pass. A streamed answer is retried
+the same way until a success's headers arrive, and never once its body is coming.
 """
 
 from __future__ import annotations
@@ -88,6 +89,38 @@ class ProviderHttp:
     def post_json(
         self, path: str, body: Mapping[str, Any], *, params: Mapping[str, str] | None = None
     ) -> requests.Response:
+        """The provider's answer to `body`, read whole; retried as the module says."""
+        return self._post(path, body, params, {}, stream=False)
+
+    def post_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """The provider's answer to `body`, returned as soon as a success's headers arrive,
+        its body left to read as it is made (`iter_lines`, `iter_content`).
+
+        Retried as `post_json` is until then, never after: the caller has what came. The
+        read timeout applies to each wait for more of the body, however long it all takes.
+        Reading it can raise `requests` errors; the caller closes it (`with response:`),
+        which drops the connection and so stops the provider making the rest.
+        """
+        # A compressed stream is held back until a block fills: pieces come as they are.
+        asked = {"Accept-Encoding": "identity", **(headers or {})}
+        return self._post(path, body, params, asked, stream=True)
+
+    def _post(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        *,
+        stream: bool,
+    ) -> requests.Response:
         policy = self._policy
         deadline = time.monotonic() + policy.deadline_s
         url = f"{self.base_url}/{path.lstrip('/')}"
@@ -98,9 +131,12 @@ class ProviderHttp:
                     url,
                     json=body,
                     params=params,
-                    headers=dict(self._auth_headers()),
+                    headers={**headers, **self._auth_headers()},
                     timeout=(policy.connect_timeout_s, policy.read_timeout_s),
+                    stream=stream,
                 )
+                if response.status_code >= 400:
+                    _ = response.content  # a failure's reason, read whole (a stream's too)
             except requests.Timeout:
                 failure = ProviderError(self.provider, "timed out", status=503)
                 delay = policy.backoff_s * 2**attempt

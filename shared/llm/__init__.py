@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
@@ -25,6 +25,68 @@ class Completion:
     tokens: int  # prompt and reply, as the provider bills them
 
 
+class ReplyStream:
+    """A reply as the model makes it.
+
+    Iterate for the text's pieces (deltas), in order; an engine's failure is raised from the
+    iteration (ProviderError, TextTooLong) after the pieces that came before it. `tokens`
+    counts what `Completion.tokens` does; it is final once the iteration ends or `close()`
+    returns, estimated where the provider does not say. `close()` stops the generation (a
+    client went away): the provider stops making, and billing, the rest, and the iteration
+    ends. As a context manager it closes on leaving, which a consumer that may stop early
+    needs: an engine can hold a connection or a lock until then.
+
+    `produce(stream)` makes the pieces: a generator that sets `stream.tokens` (in `finally`,
+    so that a close counts too), and cleans up in `finally` (closing ends it at its
+    `yield`). Closed while another thread runs it, it cannot be ended from outside: it
+    stops at its next piece when it sees `stream.closed`, and `tokens` is final once it
+    has. `release`, when given, frees what the producer holds before it starts (an open
+    response): `close()` calls it once the producer has ended.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[ReplyStream], Iterator[str]],
+        *,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self.tokens = 0
+        self.closed = False
+        self._release = release
+        self._pieces = produce(self)
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def __next__(self) -> str:
+        if self.closed:
+            raise StopIteration
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self.closed = True
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # running on another thread: it sees `closed` at its next piece
+                return
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def completion(self) -> Completion:
+        """The rest of the reply, read whole."""
+        with self:
+            text = "".join(self)
+        return Completion(text, self.tokens)
+
+
 class ReplyGenerator(Protocol):
     name: str
     model: str
@@ -34,6 +96,13 @@ class ReplyGenerator(Protocol):
         self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
     ) -> Completion:
         """The model's raw reply to the chat `messages`, and the tokens it took."""
+        ...
+
+    def stream(
+        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> ReplyStream:
+        """The reply as it is made: iterate for text deltas; `tokens` is the billed count
+        once iteration ends; `close()` stops the generation (a client went away)."""
         ...
 
     def room(self, max_tokens: int) -> int:

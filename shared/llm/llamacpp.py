@@ -8,12 +8,13 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import ConfigError, TextTooLong
 from shared.lazy import load_once
-from shared.llm import ChatMessage, Completion
+from shared.llm import ChatMessage, Completion, ReplyStream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -50,28 +51,56 @@ class LlamaCppGenerator:
     def generate(
         self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
     ) -> Completion:
+        return self.stream(messages, max_tokens=max_tokens, temperature=temperature).completion()
+
+    def stream(
+        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> ReplyStream:
+        """The reply a token at a time, as the model makes it.
+
+        A llama.cpp context holds one sequence's state, so generations must not overlap:
+        the model's lock is taken at the first piece and held until the iteration ends or
+        the stream is closed. Another request waits for it meanwhile, even while this one's
+        consumer is not reading: read promptly, and close (`with`) when stopping early.
+        """
+        return ReplyStream(
+            lambda reply: self._pieces(list(messages), max_tokens, temperature, reply)
+        )
+
+    def _pieces(
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        reply: ReplyStream,
+    ) -> Iterator[str]:
         text, generated = "", 0
-        # A llama.cpp context holds one sequence's state: calls must not overlap.
-        with self._lock:
-            chunks = self._llama.create_chat_completion(
-                messages=list(messages), max_tokens=max_tokens, temperature=temperature, stream=True
-            )
-            try:
-                for chunk in chunks:
-                    piece = chunk["choices"][0]["delta"].get("content") or ""
-                    generated += bool(piece)  # a streamed chunk is one token
-                    text += piece
-                    # The reply is cut to whole sentences for speech anyway: stop generating
-                    # once there are enough of them (and a word of the next, to be sure).
-                    if len(_SENTENCE_END.findall(text)) > self._max_sentences:
-                        chunks.close()
-                        break
-            except ValueError as error:  # what the token count before did not foresee
-                if "context window" not in str(error):
-                    raise
-                raise TextTooLong("the question is too long for the model's context") from None
         prompt = sum(self.size(message["content"]) for message in messages)
-        return Completion(text, prompt + generated)
+        try:
+            with self._lock:
+                chunks = self._llama.create_chat_completion(
+                    messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True
+                )
+                try:
+                    for chunk in chunks:
+                        piece = chunk["choices"][0]["delta"].get("content") or ""
+                        generated += bool(piece)  # a streamed chunk is one token
+                        text += piece
+                        if piece:
+                            yield piece
+                        # The reply is cut to whole sentences for speech anyway: stop
+                        # generating once there are enough of them (and a word of the next,
+                        # to be sure), or once nobody wants the rest.
+                        if reply.closed or len(_SENTENCE_END.findall(text)) > self._max_sentences:
+                            break
+                except ValueError as error:  # what the token count before did not foresee
+                    if "context window" not in str(error):
+                        raise
+                    raise TextTooLong("the question is too long for the model's context") from None
+                finally:
+                    chunks.close()
+        finally:
+            reply.tokens = prompt + generated
 
 
 def bundled_gguf() -> Path:
