@@ -1,16 +1,47 @@
-"""Text to speech: one interface, an engine per provider; every engine returns MP3."""
+"""Text to speech: one interface, an engine per provider; every engine returns MP3.
+
+A reply is spoken whole (`synthesize`) or a sentence at a time in a session
+(`open_session`), whose pieces join into one MP3 stream; a session of the embedded voice
+opened with `match=` continues, in the same format, a stream another session began.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from shared.config import Settings
+from shared.tts.mp3 import AudioFormat
 
 if TYPE_CHECKING:
     from shared.security.secrets import SecretStore
 
 log = logging.getLogger(__name__)
+
+
+class SpeechSession(Protocol):
+    """One reply spoken a sentence at a time: the pieces `speak` and `finish` return,
+    concatenated, are one MP3 stream of `format` (whole frames, no tags in between)."""
+
+    name: str
+    billed: bool
+    format: AudioFormat
+
+    def speak(self, sentence: str) -> Iterator[bytes]:
+        """MP3 of `sentence`, in pieces as they are made. A provider's failure raises
+        ProviderError, after any pieces already given (each of them whole frames, so
+        another session can take over the stream)."""
+        ...
+
+    def finish(self) -> bytes:
+        """What the encoder still holds at the end of the reply (b"" where there is none)."""
+        ...
+
+    def close(self) -> None:
+        """Stop: the client went away. A request in flight is aborted; `speak` gives
+        nothing more. Safe from another thread, and more than once."""
+        ...
 
 
 class SpeechSynthesizer(Protocol):
@@ -24,6 +55,13 @@ class SpeechSynthesizer(Protocol):
 
     def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
         """Everything besides the text that changes the audio: a cache key's other half."""
+        ...
+
+    def open_session(
+        self, *, voice: str | None, language: str | None = None, match: AudioFormat | None = None
+    ) -> SpeechSession:
+        """A session for one reply. `match`: the format of the stream it continues (a
+        session that cannot make that format raises ProviderError)."""
         ...
 
 
