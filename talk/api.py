@@ -14,37 +14,24 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 from opentelemetry.trace import SpanKind
 
+from shared.accept import CLAIM_GRACE_S, Joined, StatusOf, TurnStatus, accept
 from shared.config import Settings, get_settings
 from shared.errors import NotFound, RetryLater, TalkError
 from shared.pipeline import new_request_id
 from shared.security.identity import Caller, Unauthorized, identify
-from shared.security.ratelimit import Access, admit, forget_caller, spender
-from shared.storage import BlobStore, StorageUnavailable, blob_store, erasure, request_prefix
+from shared.security.ratelimit import Access, admit, forget_caller
+from shared.storage import StorageUnavailable, blob_store, erasure
 from shared.storage.conversations import (
-    NEW,
     conversation_store,
     issued_conversation_id,
-    open_conversation,
 )
-from shared.storage.erasure import Erased, Scope
-from shared.storage.idempotency import (
-    Claim,
-    IdempotencyKeyReused,
-    IdempotencyRecords,
-    duplicate_key,
-    duplicate_window,
-    fingerprint,
-    validate_key,
-)
-from shared.talk_input import parse_talk_input
-from shared.telemetry import current_trace, traced
+from shared.storage.erasure import Scope
+from shared.telemetry import traced
 from shared.telemetry.metrics import request_answered
 from talk.orchestration import ORCHESTRATOR
 from talk.responses import (
@@ -68,12 +55,6 @@ _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 # (`make bench`): a turn of up to 3.4 s is noticed in 40 ms p50, a 5 s one in 370 ms, and a
 # request makes at most 60 fast reads, not 200 as with 10 s.
 POLL_S, FAST_POLL_WINDOW_S, MAX_POLL_S = 0.05, 3.0, 0.5
-# How long a claimed Idempotency-Key may wait for its orchestration to appear before a
-# retry decides the first attempt died and takes the claim over.
-CLAIM_GRACE_S = 10.0
-# A stored request starts its orchestration within this, or not at all: well inside the
-# grace an erasure gives it, clock skew between instances included.
-START_WITHIN_S = 5.0
 _DONE = {
     df.OrchestrationRuntimeStatus.Completed,
     df.OrchestrationRuntimeStatus.Failed,
@@ -107,11 +88,6 @@ class Answering:
     preference: Preference
     started: float | None = None
     phases: Phases | None = None
-
-
-class RequestIdCollision(TalkError):
-    status = 503
-    code = "collision"
 
 
 class StillRunning(TalkError):
@@ -164,216 +140,45 @@ async def _accept_and_answer(
     if response_format is None:
         return error_response(406, NOT_ACCEPTABLE, rid, "not_acceptable")
     answer = Answering(response_format, preference(req.headers, req.params), started, phases)
-    claim: Claim | None = None
     try:
-        settings = get_settings()
-        caller = await asyncio.to_thread(identify, req.headers, settings)
-        # Counted before anything is parsed, stored or sent to a provider.
-        await asyncio.to_thread(admit, caller, settings)
-        key = validate_key(req.headers.get("Idempotency-Key"))
-        # Parsing a body of megabytes takes a while: not on the loop every request shares.
-        talk_input = await asyncio.to_thread(
-            parse_talk_input,
-            req.headers.get("Content-Type"),
-            req.get_body(),
-            settings,
-            req.headers.get("X-Conversation-Id"),
-        )
-        if talk_input.system_prompt and settings.client_system_prompt == "ignore":
-            log.info("[%s] system_prompt from the client not used (CLIENT_SYSTEM_PROMPT)", rid)
-        # Before the history is read: an erasure that begins from here on is noticed.
-        existing = talk_input.conversation_id if talk_input.conversation_id != NEW else None
-        noted = await asyncio.to_thread(
-            erasure.marks, caller.owner, existing, settings, whole_owner=caller.authenticated
-        )
-        conversation = await asyncio.to_thread(
-            open_conversation, caller.owner, talk_input.conversation_id, settings
-        )
-        store = blob_store(settings)
-        records = IdempotencyRecords(store)
-        # Without a key of the client's, the same body from the same caller is a retry for
-        # a while: the Android app sends a request that timed out again, as it was.
-        window = (
-            None
-            if key
-            else duplicate_window(
-                spoken=talk_input.audio is not None,
-                conversation_id=talk_input.conversation_id,
-                signed_in=caller.authenticated,
-                window_s=settings.duplicate_window_seconds,
-            )
-        )
-        if key or window is not None:
-            print_ = await asyncio.to_thread(fingerprint, talk_input.audio, talk_input.fields())
-            key = key or duplicate_key(caller.retry_scope, print_)
-            claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
-            if not claim.mine:
-                if claim.fingerprint != print_:
-                    raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
-                claim = await _settle_claim(client, records, caller, key, claim, rid, window)
-                if not claim.mine:
-                    first = claim.request_id
-                    log.info(
-                        "[%s] /talk %s: answering %s",
-                        rid,
-                        "sent again within DUPLICATE_WINDOW_SECONDS"
-                        if window is not None
-                        else "retried with its Idempotency-Key",
-                        first,
-                    )
-                    phases.mark("accept")
-                    return await _wait_and_answer(client, first, answer, settings)
-        prefix = request_prefix(caller.owner, conversation.id if conversation else None, rid)
-        job: dict[str, Any] = {
-            "request_id": rid,
-            "owner": caller.owner,
-            "blob_prefix": prefix,
-            "text": talk_input.text,
-            "voice": talk_input.voice,
-            "language": talk_input.language,
-            # In `ignore` mode the client's prompt is not even kept in the request's history.
-            "system_prompt": talk_input.system_prompt
-            if settings.client_system_prompt != "ignore"
-            else None,
-            "conversation": asdict(conversation) if conversation else None,
-            "trace": current_trace(),
-            "erasure_marks": noted,
-            # Whose share of the paid budgets the turn spends: only when there are any.
-            "spender": await asyncio.to_thread(spender, caller, settings)
-            if settings.budgeted
-            else None,
-        }
-        if talk_input.audio is not None:
-            job["audio_blob"] = f"{prefix}input.{talk_input.audio_extension}"
-            payload, content_type = talk_input.audio, "application/octet-stream"
-        else:
-            job["audio_blob"] = None
-            payload, content_type = b"{}", "application/json"
-        stored = job["audio_blob"] or f"{prefix}request.json"
-        await _store_request(store, rid, stored, payload, content_type)
-        stored_at = time.monotonic()
-        if noted and await asyncio.to_thread(erasure.raced, noted, settings):
-            # An erasure began while this was accepted: it may have missed what was just
-            # stored, or this may hold what it erased. Nothing of it is kept.
-            await _forget_stored(store, stored, rid)
-            log.info("[%s] /talk lost its race with an erasure: removed", rid)
-            raise Erased("what this request concerns was being erased; send it again")
-        if claim is not None:
-            confirmed = await asyncio.to_thread(records.confirm, caller.owner, key, claim)
-            if confirmed is None:  # a retry took the key over while this one was slow
-                current = await asyncio.to_thread(records.current, caller.owner, key)
-                if current is not None:
-                    log.info("[%s] /talk overtaken by its retry %s", rid, current.request_id)
-                    phases.mark("accept")
-                    return await _wait_and_answer(client, current.request_id, answer, settings)
-            claim = confirmed
+        accepted = await accept(req.headers, req.get_body(), rid, durable_status(client))
     except TalkError as error:
-        if claim is not None and claim.mine:  # nothing started: a retry starts afresh
-            await _release(settings, caller, key, claim)
         return refused(error, rid)
     phases.mark("accept")
-    log.info(
-        "[%s] /talk accepted %s",
-        rid,
-        f"audio bytes={len(talk_input.audio)}" if talk_input.audio else "text",
-    )
-    if time.monotonic() - stored_at > START_WITHIN_S:
-        # An erasure takes a stored request without an orchestration for a dead one after
-        # CLAIM_GRACE_S: one that starts this late might start after it was erased.
+    if isinstance(accepted, Joined):
+        log.info("[%s] /talk %s: answering %s", rid, accepted.how, accepted.request_id)
+        return await _wait_and_answer(client, accepted.request_id, answer, get_settings())
+    audio = accepted.talk_input.audio
+    log.info("[%s] /talk accepted %s", rid, f"audio bytes={len(audio)}" if audio else "text")
+    if accepted.too_late():
         log.warning("[%s] /talk too slow to start: removed", rid)
-        await _forget_stored(store, stored, rid)
-        if claim is not None:
-            await _release(settings, caller, key, claim)
+        await accepted.abandon()
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     try:
-        await client.start_new(ORCHESTRATOR, instance_id=rid, client_input=job)
+        await client.start_new(ORCHESTRATOR, instance_id=rid, client_input=accepted.job)
     except Exception as error:  # the Durable extension itself did not answer
         log.error("[%s] orchestration unavailable: %s", rid, type(error).__name__)
-        if claim is not None:  # let a retry with the same key start afresh
-            await _release(settings, caller, key, claim)
+        await accepted.release()  # let a retry with the same key start afresh
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     phases.mark("start")
-    return await _wait_and_answer(client, rid, answer, settings)
+    return await _wait_and_answer(client, rid, answer, accepted.settings)
 
 
-async def _store_request(
-    store: BlobStore, rid: str, name: str, payload: bytes, content_type: str
-) -> None:
-    """Store the request before its orchestration starts, so nothing the user sent is lost.
+def durable_status(client: df.DurableOrchestrationClient) -> StatusOf:
+    """Turns as the Durable extension knows them."""
 
-    Both writes are create-only: `request-ids/<id>` claims the id across all owners (it is
-    the Durable instance id too), and the request itself lands under its owner's prefix.
-    A request id issued twice would overwrite nothing; it is refused instead.
-    """
-    claimed, stored = await asyncio.gather(
-        asyncio.to_thread(store.put, f"request-ids/{rid}", b"", "text/plain", overwrite=False),
-        asyncio.to_thread(store.put, name, payload, content_type, overwrite=False),
-    )
-    if claimed and stored:
-        return
-    if stored:  # ours, under an id that is not
-        await asyncio.to_thread(store.delete, name)
-    log.error("[%s] request id collision: nothing overwritten", rid)
-    raise RequestIdCollision("the request could not be stored, retry it")
-
-
-async def _forget_stored(store: BlobStore, name: str, rid: str) -> None:
-    """Delete a request that will not start: what it stored, and its id's claim."""
-    await asyncio.gather(
-        asyncio.to_thread(store.delete, name),
-        asyncio.to_thread(store.delete, f"request-ids/{rid}"),
-    )
-
-
-async def _release(settings: Settings, caller: Caller, key: str, claim: Claim) -> None:
-    records = IdempotencyRecords(blob_store(settings))
-    try:
-        await asyncio.to_thread(records.release, caller.owner, key, claim)
-    except TalkError as error:
-        log.warning("Could not release an Idempotency-Key: %s", error.message)
-
-
-async def _settle_claim(
-    client: df.DurableOrchestrationClient,
-    records: IdempotencyRecords,
-    caller: Caller,
-    key: str,
-    claim: Claim,
-    rid: str,
-    window: float | None,
-) -> Claim:
-    """The claim a retry follows: the first attempt's (answer its request), or this
-    retry's own (`mine`, as `rid`) when the first never started its orchestration or failed
-    for a transient reason, which a retry may fix, so its answer is not replayed; or, for
-    a duplicate without a key, when the first was answered more than `window` s ago."""
-    while True:
+    async def status_of(rid: str) -> TurnStatus:
         try:
-            status = await client.get_status(claim.request_id)
+            status = await client.get_status(rid)
         except Exception as error:  # the Durable extension itself did not answer
             log.error("[%s] status unavailable: %s", rid, type(error).__name__)
             raise StorageUnavailable("processing is unavailable, retry shortly") from None
-        exists = status is not None and status.runtime_status is not None
-        if exists and not _failed_transiently(status) and not _answered_before(status, window):
-            return claim
-        if not exists and time.time() - claim.claimed_at < CLAIM_GRACE_S:
-            await asyncio.sleep(0.25)  # the first attempt may still be starting it
-            continue
-        taken = await asyncio.to_thread(records.take_over, caller.owner, key, claim, rid)
-        if taken is not None:
-            log.info("[%s] took over the Idempotency-Key of %s", rid, claim.request_id)
-            return taken
-        # Another retry took it over first, or it was released: follow what is there now.
-        claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, claim.fingerprint)
-        if claim.mine:
-            return claim
+        if status is None or status.runtime_status is None:
+            return TurnStatus(exists=False)
+        done = status.runtime_status in _DONE
+        return TurnStatus(True, done, _failed_transiently(status), status.last_updated_time)
 
-
-def _answered_before(status: df.DurableOrchestrationStatus, window: float | None) -> bool:
-    """Whether the request ended more than `window` seconds ago (never, without one)."""
-    ended = status.last_updated_time
-    if window is None or status.runtime_status not in _DONE or ended is None:
-        return False
-    return (datetime.now(UTC) - ended).total_seconds() > window
+    return status_of
 
 
 def _failed_transiently(status: df.DurableOrchestrationStatus) -> bool:

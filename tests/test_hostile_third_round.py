@@ -16,12 +16,12 @@ import azure.functions as func
 import numpy as np
 import pytest
 
+from shared import accept
 from shared.config import ConfigError, Settings, get_settings
 from shared.pipeline import transcribe
 from shared.security.identity import owner_of
 from shared.security.ratelimit import TABLE, RateLimiter, address_subject, hashed, subject_salt
 from shared.storage import blob_store, table_service
-from talk import api
 from talk.api import talk_forget_me
 from tests.conftest import (
     QUESTIONS,
@@ -127,14 +127,14 @@ def alice(chat, issuer, app_settings) -> Iterator[dict[str, str]]:
 def hold_between(monkeypatch, before_store, after_store) -> None:
     """Run `before_store` just before the request stores itself and `after_store` just
     after: the request held between its steps, without timing."""
-    store_request = api._store_request
+    store_request = accept.store_request
 
     async def held(*args, **kwargs):
         await before_store()
         await store_request(*args, **kwargs)
         await after_store()
 
-    monkeypatch.setattr(api, "_store_request", held)
+    monkeypatch.setattr(accept, "store_request", held)
 
 
 async def _nothing() -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import azure.functions as func
 import pytest
 
+from shared import accept
 from shared.config import Settings, get_settings
 from shared.security.identity import SHARED_OWNER, owner_of
 from shared.security.ratelimit import TABLE, Limit, RateLimited, RateLimiter
@@ -243,7 +244,7 @@ def test_a_transient_failure_is_not_replayed_to_a_retry(chat, host, app_settings
 
 def test_a_claim_whose_orchestration_never_started_is_taken_over(chat, host, monkeypatch) -> None:
     # The first attempt claimed the key, then its instance died before start_new.
-    monkeypatch.setattr(api, "CLAIM_GRACE_S", 0.5)
+    monkeypatch.setattr(accept, "CLAIM_GRACE_S", 0.5)
     records = IdempotencyRecords(blob_store(get_settings()))
     print_ = fingerprint(
         None,
