@@ -49,8 +49,9 @@ $(DEV_STAMP): $(APP_STAMP) $(AZURITE_STAMP) requirements-dev.txt requirements-de
 talk: $(APP_STAMP)
 	$(PY) -m talk $(AUDIO) --out $(OUT)
 
+# The streaming app needs PYTHON_ENABLE_INIT_INDEXING=1, as the Bicep sets it in Azure.
 serve: $(APP_STAMP) $(AZURITE_STAMP)
-	$(PY) -m tools.serve --host $(HOST) --port $(PORT)
+	PYTHON_ENABLE_INIT_INDEXING=$${PYTHON_ENABLE_INIT_INDEXING-1} $(PY) -m tools.serve --host $(HOST) --port $(PORT)
 
 test: $(DEV_STAMP)
 	$(PY) -m ruff check .

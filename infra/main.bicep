@@ -76,6 +76,12 @@ param functionAppName string = ''
 @description('Flex Consumption plan name; empty derives one.')
 param appServicePlanName string = ''
 
+@description('Name of the streaming Function App (stream_app.py, POST /talk/stream); empty derives one. Its first 32 characters must differ from functionAppName\'s: the two apps share the storage account, where the Functions host keeps its state under its host id, the first 32 characters of the app\'s name.')
+param streamFunctionAppName string = ''
+
+@description('Flex Consumption plan name of the streaming app (a Flex plan hosts one app); empty derives one.')
+param streamAppServicePlanName string = ''
+
 @description('Storage account name (3-24 lower-case letters and digits); empty derives one.')
 param storageAccountName string = ''
 
@@ -114,6 +120,10 @@ param httpAlwaysReadyInstances int = 1
 @description('Always-ready instances of the durable group (the orchestrator and the transcribe, generate and synthesize activities, where the models load): Durable Functions on Flex Consumption asks for at least 1. Each is billed for its memory around the clock; 0 disables them.')
 @minValue(0)
 param durableAlwaysReadyInstances int = 1
+
+@description('Always-ready instances of the streaming app\'s http group (POST /talk/stream, its GET /health): the stream starts without a cold start of the host and the models, which would cost more than streaming saves. Billed like the others; 0 disables them (an environment whose clients do not stream). The streaming app has no Durable functions, so no durable group.')
+@minValue(0)
+param streamAlwaysReadyInstances int = 1
 
 // One of the TimeSpans docs/deploy.md's table weighs, not any string: the host reads it as a
 // TimeSpan at start-up, and a malformed one stops the host rather than this deployment.
@@ -311,6 +321,11 @@ var tags = { 'azd-env-name': environmentName }
 
 var resolvedFunctionAppName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
+// The streaming app's own deployment container: Flex Consumption keeps an app's package as
+// one blob of a fixed name in its container, so two apps sharing one would overwrite each
+// other's package (a deploy of one would change what the other starts on its next instance).
+var resolvedStreamFunctionAppName = !empty(streamFunctionAppName) ? streamFunctionAppName : '${abbrs.webSitesFunctions}stream-${resourceToken}'
+var streamDeploymentContainerName = 'app-package-stream-${resourceToken}'
 var talkContainerName = 'talk-audio'
 // The largest upload the app takes (MAX_AUDIO_BYTES). The host refuses bodies a little
 // over it (room for the multipart framing and text fields), so a bigger one is cut at the
@@ -350,6 +365,24 @@ module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
   scope: rg
   params: {
     name: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    enableTelemetry: enableTelemetry
+    tags: tags
+    sku: {
+      name: 'FC1'
+      tier: 'FlexConsumption'
+    }
+    reserved: true
+  }
+}
+
+// The streaming app's plan: a Flex Consumption plan takes one app ("There can only be one
+// site per Flex Consumption serverfarm"). A plan costs nothing by itself; its app is billed.
+module streamAppServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+  name: 'app-service-plan-stream'
+  scope: rg
+  params: {
+    name: !empty(streamAppServicePlanName) ? streamAppServicePlanName : '${abbrs.webServerFarms}stream-${resourceToken}'
     location: location
     enableTelemetry: enableTelemetry
     tags: tags
@@ -425,6 +458,10 @@ module storage 'br/public:avm/res/storage/storage-account:0.32.0' = {
       containers: [
         {
           name: deploymentContainerName
+          publicAccess: 'None'
+        }
+        {
+          name: streamDeploymentContainerName
           publicAccess: 'None'
         }
         {
@@ -708,6 +745,46 @@ module api './app/api.bicep' = {
   ]
 }
 
+// The streaming app: the same package, started from stream_app.py (POST /talk/stream and its
+// own /health), because the FastAPI HTTP-streams extension gives every HTTP function of an
+// app FastAPI types, which function_app.py's functions do not take. It shares the identity
+// (and so rbac's roles on the storage account, the Key Vault and Application Insights), the
+// storage account and its containers and tables, and every app setting of the api app, plus
+// PYTHON_SCRIPT_FILE_NAME (its entry file) and PYTHON_ENABLE_INIT_INDEXING (which the
+// extension needs on Python 3.12 and earlier). No Durable functions: no durable group.
+var streamAppSettings = union(appSettings, {
+  PYTHON_SCRIPT_FILE_NAME: 'stream_app.py'
+  PYTHON_ENABLE_INIT_INDEXING: '1'
+})
+
+module stream './app/api.bicep' = {
+  name: 'stream'
+  scope: rg
+  params: {
+    name: resolvedStreamFunctionAppName
+    serviceName: 'stream'
+    location: location
+    tags: tags
+    appServicePlanId: streamAppServicePlan.outputs.resourceId
+    storageAccountName: storage.outputs.name
+    deploymentStorageContainerName: streamDeploymentContainerName
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    appSettings: streamAppSettings
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    httpAlwaysReadyInstances: streamAlwaysReadyInstances
+    durableAlwaysReadyInstances: 0
+    corsAllowedOrigins: corsOrigins
+    runtimeVersion: '3.11'
+  }
+  dependsOn: [
+    rbac
+  ]
+}
+
 // ---------------------------------------------------------------------------------------
 // Outputs (azd stores them in the environment's .env)
 // ---------------------------------------------------------------------------------------
@@ -721,4 +798,7 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_DEPLOYMENT_CONTAINER string = deploymentContainerName
+output AZURE_STREAM_FUNCTION_NAME string = stream.outputs.name
+output STREAM_FUNCTION_URL string = 'https://${stream.outputs.defaultHostname}'
+output AZURE_STREAM_DEPLOYMENT_CONTAINER string = streamDeploymentContainerName
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

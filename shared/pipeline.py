@@ -18,6 +18,8 @@ from shared.audio import decode_isolated
 from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
 from shared.llm import (
+    ChatMessage,
+    ReplyGenerator,
     build_messages,
     compose_system_prompt,
     get_generator,
@@ -133,20 +135,12 @@ def generate(
     """The reply to `question`. `system_prompt` is the client's, applied as
     `CLIENT_SYSTEM_PROMPT` says; `owner` scopes the reply cache to its caller; `spender`
     is whose share of the daily budget the call counts against."""
-    question = question.strip()
-    if not question:
-        raise NoInput("the question is empty")
-    if len(question) > settings.max_text_chars:
-        raise TextTooLong(
-            f"text is {len(question)} characters; the limit is {settings.max_text_chars}"
-        )
+    question = checked_question(question, settings)
     started = time.perf_counter()
     with stage_span("llm", request_id) as span:
         generator = get_generator(settings, secrets or default_secrets(settings))
         span.set(provider=generator.name, model=generator.model)
-        system_prompt = compose_system_prompt(
-            settings.system_prompt, system_prompt, settings.client_system_prompt
-        ) + language_instruction(language)
+        system_prompt = system_prompt_for(settings, system_prompt, language)
         # A warm assistant need not say the same thing twice: replies are cached only on
         # request, and never within a conversation.
         cacheable = settings.llm_cache == "on" and not (history or in_conversation)
@@ -173,13 +167,7 @@ def generate(
                 log.info("[%s] LLM cache hit in %.2fs chars=%d", request_id, elapsed, len(hit))
                 span.set(reply_chars=len(hit))
                 return Reply(hit.decode(), _ms(elapsed), generator.name, cached=True)
-        messages = build_messages(
-            system_prompt,
-            question,
-            history,
-            room=generator.room(settings.llm_max_tokens),
-            size=generator.size,
-        )
+        messages = chat_messages(generator, settings, system_prompt, question, history)
         budget = settings.llm_daily_token_budget if generator.billed else 0
         share = share_of(spender, settings)
         if budget:
@@ -210,6 +198,42 @@ def generate(
         log.info("[%s] LLM reply in %.2fs chars=%d", request_id, elapsed, len(text))
         log_content(request_id, "replied", text)
     return Reply(text=text, elapsed_ms=_ms(elapsed), provider=generator.name)
+
+
+def checked_question(question: str, settings: Settings) -> str:
+    question = question.strip()
+    if not question:
+        raise NoInput("the question is empty")
+    if len(question) > settings.max_text_chars:
+        raise TextTooLong(
+            f"text is {len(question)} characters; the limit is {settings.max_text_chars}"
+        )
+    return question
+
+
+def system_prompt_for(settings: Settings, client_prompt: str | None, language: str | None) -> str:
+    """The operator's prompt with the client's as `CLIENT_SYSTEM_PROMPT` allows, and the
+    language to answer in."""
+    return compose_system_prompt(
+        settings.system_prompt, client_prompt, settings.client_system_prompt
+    ) + language_instruction(language)
+
+
+def chat_messages(
+    generator: ReplyGenerator,
+    settings: Settings,
+    system_prompt: str,
+    question: str,
+    history: Sequence[tuple[str, str]],
+) -> list[ChatMessage]:
+    """The chat for `question`, as much of `history` as the model's context holds."""
+    return build_messages(
+        system_prompt,
+        question,
+        history,
+        room=generator.room(settings.llm_max_tokens),
+        size=generator.size,
+    )
 
 
 def synthesize(

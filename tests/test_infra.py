@@ -39,6 +39,9 @@ HOST_SETTINGS = {
     "AzureWebJobsStorage__queueServiceUri",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     "AzureFunctionsJobHost__extensions__durableTask__storageProvider__maxQueuePollingInterval",
+    # The Python worker's: the streaming app's entry file, and indexing it at all.
+    "PYTHON_SCRIPT_FILE_NAME",
+    "PYTHON_ENABLE_INIT_INDEXING",
 }
 # Read by the app but deliberately not set in Azure, with the reason.
 NOT_IN_AZURE = {
@@ -634,7 +637,7 @@ def test_pip_install_dot_builds_the_app_and_nothing_else(tmp_path: Path) -> None
             if line.startswith("Requires-Dist: ")
         }
     tops = {name.split("/")[0] for name in names if not name.startswith("talk_backend-")}
-    assert tops == {"function_app.py", "shared", "talk", "health"}
+    assert tops == {"function_app.py", "stream_app.py", "shared", "talk", "health"}
     assert "azure-functions==1.26.0" in requires
 
 

@@ -223,7 +223,7 @@ def test_storage_sends_writes_deletes_and_transaction_metrics_to_the_workspace(
     blob = storage["blobServices"]
     assert blob["deleteRetentionPolicyEnabled"] is True
     assert blob["containerDeleteRetentionPolicyEnabled"] is True
-    assert len(blob["containers"]) == 3
+    assert len(blob["containers"]) == 4  # two deployment containers, audio, cache
     # The workspace id is its resource id (the module's own logAnalyticsWorkspaceId output
     # is the customer id, a GUID that diagnostic settings do not take).
     output = trees["app/monitoring.bicep"]["outputs"]["logAnalyticsWorkspaceId"]

@@ -2,8 +2,10 @@
 
 Starts Azurite (data kept in `.azurite/`) and serves the app's real HTTP functions with the
 host's routes and function-key check, with the Durable orchestration run by the local
-stand-in of the Durable extension (the real orchestrator and activities). A development
-server: see the README for what it does not reproduce from the Functions host.
+stand-in of the Durable extension (the real orchestrator and activities). The streaming
+app (`stream_app.py`, `POST /talk/stream`) is served beside it on the next port, as Azure
+serves it from a Function App of its own. A development server: see the README for what it
+does not reproduce from the Functions host.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 7071))
     parser.add_argument(
+        "--stream-port",
+        type=int,
+        default=int(os.environ.get("STREAM_PORT") or -1),
+        help="the streaming app's port (default: the next one; 0 picks a free one)",
+    )
+    parser.add_argument(
         "--azurite-dir", type=Path, default=ROOT / ".azurite", help="where Azurite keeps data"
     )
     return parser.parse_args(argv)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)
     from shared.security.secrets import redact
     from tools.devhost.durable import app_durable_host
-    from tools.devhost.functions import DEFAULT_BODY_LIMIT, FunctionsHttpHost
+    from tools.devhost.functions import DEFAULT_BODY_LIMIT, AppIndexError, FunctionsHttpHost
 
     redact.install()
     key = os.environ.get("TALK_FUNCTION_KEY") or secrets.token_hex(32)
@@ -71,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
+    body_limit = int(os.environ.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or DEFAULT_BODY_LIMIT)
     with app_durable_host() as durable:
         try:
             front = FunctionsHttpHost(
@@ -79,10 +88,25 @@ def main(argv: list[str] | None = None) -> int:
                 master_key=master_key,
                 host=args.host,
                 port=args.port,
-                body_limit=int(
-                    os.environ.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or DEFAULT_BODY_LIMIT
-                ),
+                body_limit=body_limit,
             )
+            stream_port = (
+                args.stream_port if args.stream_port >= 0 else (args.port and args.port + 1)
+            )
+            streaming: FunctionsHttpHost | None = None
+            not_streaming = ""
+            try:
+                streaming = FunctionsHttpHost(
+                    durable,
+                    key=key,
+                    master_key=master_key,
+                    host=args.host,
+                    port=stream_port,
+                    body_limit=body_limit,
+                    entry="stream_app",
+                )
+            except AppIndexError as refused:  # what the worker would refuse too
+                not_streaming = str(refused)
         except OSError as error:
             reason = (
                 "is in use"
@@ -90,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
                 else f"cannot be used: {error.strerror}"
             )
             print(
-                f"error: {args.host}:{args.port} {reason}; set PORT to another port",
+                f"error: {args.host}:{error.filename or args.port} {reason}; "
+                "set PORT (and STREAM_PORT) to other ports",
                 file=sys.stderr,
             )
             return 1
-        with storage(args.azurite_dir) as where, front:
+        with storage(args.azurite_dir) as where, front, streaming or contextlib.nullcontext():
             print(f"Serving the Function App at {front.url} (development server)", flush=True)
+            if streaming is not None:
+                print(f"Streaming app (POST /talk/stream) at {streaming.url}", flush=True)
+            else:
+                print(f"Streaming app not served: {not_streaming}", flush=True)
             for name, variable, value in (
                 ("Function key", "TALK_FUNCTION_KEY", key),
                 ("Master key (for /health/ready)", "TALK_MASTER_KEY", master_key),

@@ -1,6 +1,8 @@
-// The Function App on a Flex Consumption plan: Python 3.11, a user-assigned managed identity
+// A Function App on a Flex Consumption plan: Python 3.11, a user-assigned managed identity
 // for storage, Key Vault and Application Insights, and no keys or connection strings with
-// secrets in its settings.
+// secrets in its settings. main.bicep deploys it twice from the same package: the `api` app
+// (function_app.py: /talk, /health, Durable Functions) and the `stream` app (stream_app.py,
+// chosen by the PYTHON_SCRIPT_FILE_NAME setting main.bicep passes: POST /talk/stream).
 
 @description('Name of the Function App.')
 param name string
@@ -10,6 +12,13 @@ param location string = resourceGroup().location
 
 @description('Tags; azd-service-name is added so `azd deploy` finds the app.')
 param tags object = {}
+
+@description('The azure.yaml service deployed to this app: azd finds the app by its azd-service-name tag, which must be unique among the resource group\'s sites.')
+@allowed([
+  'api'
+  'stream'
+])
+param serviceName string = 'api'
 
 @description('Resource id of the Flex Consumption (FC1) plan.')
 param appServicePlanId string
@@ -51,7 +60,7 @@ param maximumInstanceCount int = 40
 @minValue(0)
 param httpAlwaysReadyInstances int = 1
 
-@description('Always-ready instances of the durable group (orchestrator and activities, where the models load); 0 disables them.')
+@description('Always-ready instances of the durable group (orchestrator and activities, where the models load); 0 disables them (an app without Durable functions has no durable group to keep warm).')
 @minValue(0)
 param durableAlwaysReadyInstances int = 1
 
@@ -81,7 +90,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_213: App Service health check (healthCheckPath) is a Premium/Dedicated-plan feature; on Flex Consumption the platform manages instances, and /health stays available for external probes.
   name: name
   location: location
-  tags: union(tags, { 'azd-service-name': 'api' })
+  tags: union(tags, { 'azd-service-name': serviceName })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from shared.config import Settings
 from shared.errors import BadInput
-from shared.storage import blob_store
+from shared.storage import blob_store, turns
 from shared.storage.conversations import conversation_store
 
 Marks = dict[str, str | None]  # tombstone name: its ETag (None: there is none)
@@ -119,6 +119,7 @@ def erase(scope: Scope, request_ids: list[str], settings: Settings) -> None:
     store.delete_prefix(scope.prefix)
     for rid in request_ids:
         store.delete(f"request-ids/{rid}")
+        store.delete(turns.index_name(rid))  # a streamed turn's index
     conversations = conversation_store(settings)
     if scope.conversation_id:
         conversations.delete(scope.owner, scope.conversation_id)

@@ -16,6 +16,7 @@ COLD_STARTS = "talk.cold_starts"
 PROVIDER_THROTTLED = "talk.provider.throttled"
 TTS_IN_FLIGHT = "talk.tts.in_flight"
 BUDGET_SPENT = "talk.budget.spent"
+FIRST_AUDIO = "talk.first_audio"
 NAMES = frozenset(
     {
         STAGE_DURATION,
@@ -27,6 +28,7 @@ NAMES = frozenset(
         PROVIDER_THROTTLED,
         TTS_IN_FLIGHT,
         BUDGET_SPENT,
+        FIRST_AUDIO,
     }
 )
 
@@ -51,6 +53,11 @@ _throttled = METER.create_counter(
 )
 _tts_in_flight = METER.create_up_down_counter(
     TTS_IN_FLIGHT, description="Speech requests in flight at the provider, per instance."
+)
+_first_audio = METER.create_histogram(
+    FIRST_AUDIO,
+    unit="ms",
+    description="A streamed turn: from its request to the first audio sent, by TTS provider.",
 )
 _budget_spent = METER.create_counter(
     BUDGET_SPENT, description="Requests that met a spent daily budget, by budget."
@@ -93,3 +100,7 @@ def tts_in_flight(provider: str, change: int) -> None:
 
 def budget_spent(budget: str) -> None:
     _budget_spent.add(1, {"budget": budget})
+
+
+def first_audio(provider: str, seconds: float) -> None:
+    _first_audio.record(seconds * 1000, {"provider": provider})

@@ -9,6 +9,13 @@ refuses a body over the host's limit (413), appends the client's address to
 `X-Forwarded-For` as Azure's front end does, builds an `HttpRequest`, and binds a durable
 client to functions that ask for one. Async functions run on one long-lived event loop, as
 in the Python worker.
+
+An app whose HTTP functions take FastAPI's types (`stream_app.py`, through
+`azurefunctions-extensions-http-fastapi`) is served as the worker serves one: each function
+gets a Starlette request, a streamed answer goes out chunked, each piece as it is made, and
+a client that goes away closes the answer's iterator (the handler's `finally` runs). Like the
+worker, it refuses to index such an app without `PYTHON_ENABLE_INIT_INDEXING=1`, or one
+that mixes FastAPI and classic `HttpRequest` functions.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import importlib
 import inspect
 import json
 import logging
+import os
 import threading
 import time
+import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +60,7 @@ class HttpRoute:
     request_param: str
     client_param: str | None  # the durable client binding's name, if any
     function: Callable[..., Any]
+    fastapi: bool = False  # takes a Starlette request and answers a Starlette response
 
     def match(self, method: str, parts: list[str]) -> dict[str, str] | None:
         if self.methods is not None and method not in self.methods:
@@ -76,14 +87,22 @@ class AppIndex:
     activities: dict[str, Callable[..., Any]]
 
 
-@functools.cache
-def app_index() -> AppIndex:
-    """The Function App as the host indexes it (once per process, as `get_functions` allows)."""
-    import function_app
+class AppIndexError(ValueError):
+    """The worker would not index this app."""
 
+
+def app_index(entry: str = "function_app") -> AppIndex:
+    """The Function App in `entry` as the host indexes it (once per process, as
+    `get_functions` allows)."""
+    return _index(entry)
+
+
+@functools.cache
+def _index(entry: str) -> AppIndex:
+    app = importlib.import_module(entry).app
     prefix = route_prefix()
     routes, orchestrators, activities = [], {}, {}
-    for function in function_app.app.get_functions():
+    for function in app.get_functions():
         bindings = [b.get_dict_repr() for b in function.get_bindings()]
         by_type = {b["type"]: b for b in bindings}
         name = function.get_function_name()
@@ -94,6 +113,7 @@ def app_index() -> AppIndex:
         elif trigger := by_type.get("httpTrigger"):
             methods = trigger.get("methods")
             route = "/".join(p for p in (prefix, trigger["route"]) if p)
+            user_function = function.get_user_function()
             routes.append(
                 HttpRoute(
                     function_name=name,
@@ -102,12 +122,43 @@ def app_index() -> AppIndex:
                     auth_level=_text(trigger.get("authLevel")).lower() or "function",
                     request_param=trigger["name"],
                     client_param=by_type.get("durableClient", {}).get("name"),
-                    function=function.get_user_function(),
+                    function=user_function,
+                    fastapi=_takes_fastapi(user_function, trigger["name"]),
                 )
             )
+    _check_streaming(entry, routes)
     # ASP.NET routing, as the host uses: literal segments win over parameters.
     routes.sort(key=lambda r: -r.literal_segments)
     return AppIndex(routes, orchestrators, activities)
+
+
+def _takes_fastapi(function: Callable[..., Any], param: str) -> bool:
+    from starlette.requests import Request
+
+    try:
+        hint = typing.get_type_hints(function).get(param)
+    except (NameError, TypeError):  # annotations this process cannot resolve: not FastAPI's
+        return False
+    return isinstance(hint, type) and issubclass(hint, Request)
+
+
+def _check_streaming(entry: str, routes: list[HttpRoute]) -> None:
+    """The worker's rules for an app with FastAPI-typed functions."""
+    streaming = [r.function_name for r in routes if r.fastapi]
+    if not streaming:
+        return
+    classic = [r.function_name for r in routes if not r.fastapi]
+    if classic:
+        raise AppIndexError(
+            f"{entry}: {', '.join(classic)} take HttpRequest beside FastAPI functions "
+            f"({', '.join(streaming)}); the worker gives every HTTP function of an app that "
+            "imports the FastAPI extension FastAPI's types"
+        )
+    if os.environ.get("PYTHON_ENABLE_INIT_INDEXING") != "1":
+        raise AppIndexError(
+            f"{entry}: HTTP streaming needs the app setting PYTHON_ENABLE_INIT_INDEXING=1 "
+            "(Python 3.11 and 3.12); without it the worker does not index the app"
+        )
 
 
 def route_prefix() -> str:
@@ -144,12 +195,13 @@ class FunctionsHttpHost:
         host: str = "127.0.0.1",
         port: int = 0,
         body_limit: int = DEFAULT_BODY_LIMIT,
+        entry: str = "function_app",
     ) -> None:
         self.durable = durable
         self.key = key
         self.master_key = master_key
         self.body_limit = body_limit
-        self.routes = app_index().routes
+        self.routes = app_index(entry).routes
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -161,6 +213,9 @@ class FunctionsHttpHost:
             def _serve(self) -> None:
                 started = time.perf_counter()
                 response = front.handle(self)
+                if not isinstance(response, func.HttpResponse):
+                    _send_starlette(self, response)
+                    return
                 self.send_response(response.status_code)
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 for name, value in response.headers.items():
@@ -207,7 +262,9 @@ class FunctionsHttpHost:
         self.server.shutdown()
         self.server.server_close()
 
-    def handle(self, request: BaseHTTPRequestHandler) -> func.HttpResponse:
+    def handle(self, request: BaseHTTPRequestHandler) -> Any:
+        """The function's answer: an HttpResponse, or a Starlette response from a FastAPI
+        function."""
         url = urlsplit(request.path)
         parts = [p for p in url.path.strip("/").split("/") if p]
         for route in self.routes:
@@ -228,6 +285,9 @@ class FunctionsHttpHost:
             headers = dict(request.headers.items())
             forwarded = [headers.pop(k) for k in list(headers) if k.lower() == "x-forwarded-for"]
             headers["X-Forwarded-For"] = ", ".join([*forwarded, request.client_address[0]])
+            if route.fastapi:
+                starlette_request = _starlette_request(request, url, headers, params, body)
+                return self.call(route, starlette_request)
             http_request = func.HttpRequest(
                 method=request.command,
                 url=f"{self.url}{request.path}",
@@ -245,7 +305,7 @@ class FunctionsHttpHost:
         keys = [self.master_key] if auth_level == "admin" else [self.key, self.master_key]
         return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
 
-    def call(self, route: HttpRoute, http_request: func.HttpRequest) -> func.HttpResponse:
+    def call(self, route: HttpRoute, http_request: Any) -> Any:
         arguments: dict[str, Any] = {route.request_param: http_request}
         if route.client_param:
             arguments[route.client_param] = self.durable.client_binding()
@@ -256,6 +316,73 @@ class FunctionsHttpHost:
         except Exception:  # what the host does with an unhandled exception
             log.exception("Function %s failed", route.function_name)
             return func.HttpResponse(status_code=500)
+
+
+def _starlette_request(
+    request: BaseHTTPRequestHandler,
+    url: Any,
+    headers: dict[str, str],
+    params: dict[str, str],
+    body: bytes,
+) -> Any:
+    """The request as the worker hands it to a FastAPI function."""
+    from starlette.requests import Request
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": request.command,
+        "scheme": "http",
+        "path": url.path,
+        "raw_path": url.path.encode(),
+        "query_string": url.query.encode(),
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+        "client": request.client_address[:2],
+        "server": request.server.server_address[:2],
+        "path_params": params,
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def _send_starlette(request: BaseHTTPRequestHandler, response: Any) -> None:
+    """Send a Starlette response: a streamed one chunked, each piece as soon as it is made;
+    a client that goes away closes the stream, as the worker's disconnect does."""
+    request.send_response(response.status_code)
+    for name, value in response.raw_headers:
+        if name.lower() not in (b"content-length", b"transfer-encoding"):
+            request.send_header(name.decode("latin-1"), value.decode("latin-1"))
+    iterator = getattr(response, "body_iterator", None)
+    if iterator is None:
+        request.send_header("Content-Length", str(len(response.body)))
+        request.end_headers()
+        request.wfile.write(response.body)
+        return
+    request.send_header("Transfer-Encoding", "chunked")
+    request.end_headers()
+    try:
+        while True:
+            try:
+                piece = run_async(anext(iterator))
+            except StopAsyncIteration:
+                break
+            data = piece.encode() if isinstance(piece, str) else bytes(piece)
+            if data:
+                request.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                request.wfile.flush()
+        request.wfile.write(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        log.info("%s %s: the client went away mid-stream", request.command, request.path)
+        request.close_connection = True
+        run_async(iterator.aclose())
 
 
 def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:

@@ -1,0 +1,247 @@
+"""`POST /talk/stream`: the reply as it is made, for apps that opt in.
+
+Served by the streaming Function App (`stream_app.py`), whose HTTP functions take FastAPI's
+types (the only way a Python function streams its answer). The same bodies, caller, limits
+and idempotency as `POST /talk` (`shared.accept`); what is wrong before the first byte gets
+`/talk`'s statuses and JSON errors. Then, with `Accept: text/event-stream` (the default),
+Server-Sent Events: `meta`, a `text` and its `audio` per sentence, and `done` (or `error`);
+with `Accept: audio/mpeg`, the MP3 itself, chunked, with the transcript in headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import JSONResponse, Request, StreamingResponse
+from opentelemetry.trace import SpanKind
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+
+from shared.accept import Joined, TurnStatus, accept
+from shared.config import get_settings
+from shared.errors import RetryLater, TalkError
+from shared.pipeline import new_request_id
+from shared.security.identity import Unauthorized
+from shared.storage import blob_store, turns
+from shared.streaming import Event, StreamedTurn
+from shared.telemetry import traced
+from shared.telemetry.metrics import request_answered
+
+bp = func.Blueprint()
+log = logging.getLogger("talk")
+
+SSE, MP3, JSON = "text/event-stream", "audio/mpeg", "application/json"
+_END = object()
+NOT_ACCEPTABLE = "Accept must allow text/event-stream or audio/mpeg"
+
+
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def stream_health(req: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@bp.route(route="talk/stream", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def talk_stream(req: Request) -> StreamingResponse:
+    rid = new_request_id()
+    with traced(
+        "POST /talk/stream",
+        kind=SpanKind.SERVER,
+        request_id=rid,
+        method="POST",
+        route="/talk/stream",
+    ) as span:
+        response = await _answer(req, rid)
+        span.set(status=response.status_code)
+        if response.status_code >= 500:
+            span.fail(getattr(response, "code", "error"))
+    request_answered(response.status_code, getattr(response, "code", "ok"))
+    return response
+
+
+async def _answer(req: Request, rid: str) -> Any:
+    media = _preferred(req.headers.get("Accept"))
+    if media is None:
+        return _error(
+            406, "Accept must allow text/event-stream or audio/mpeg", rid, "not_acceptable"
+        )
+    try:
+        accepted = await accept(req.headers, await req.body(), rid, streamed_status)
+    except TalkError as error:
+        return _refused(error, rid)
+    if isinstance(accepted, Joined):
+        return await _replay(accepted.request_id, media)
+    if accepted.too_late():
+        await accepted.abandon()
+        return _error(503, "processing is unavailable, retry shortly", rid, "unavailable")
+    turn = StreamedTurn(accepted)
+    events = _pump(turn)
+    first = await events.__anext__()
+    if isinstance(first, TalkError):  # before the first byte: /talk's answer
+        return _refused(first, rid)
+    if isinstance(first, BaseException):
+        return _error(500, "the reply failed, try again", rid, "internal")
+    log.info("[%s] /talk/stream answering %s", rid, media)
+    if media == MP3:
+        return StreamingResponse(
+            _mp3(events, turn), media_type=MP3, headers=_mp3_headers(first.data)
+        )
+    return StreamingResponse(
+        _sse(first, events, turn),
+        media_type=SSE,
+        headers={"X-Request-Id": rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def streamed_status(rid: str) -> TurnStatus:
+    """Turns as streaming records them (a `/talk` turn is unknown here: the streaming app
+    has no Durable client)."""
+    turn = await asyncio.to_thread(turns.find, rid, get_settings())
+    if turn is None:
+        return TurnStatus(exists=False)
+    if turn.running:
+        return TurnStatus(True)
+    failed = turn.state == turns.FAILED and await _failed_transiently(turn)
+    return TurnStatus(True, True, failed, turn.ended_at)
+
+
+async def _failed_transiently(turn: turns.StreamedTurn) -> bool:
+    outcome = await asyncio.to_thread(turns.outcome, turn, get_settings())
+    return not outcome or outcome.get("error", {}).get("status", 500) >= 500
+
+
+async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
+    """The turn's events, made on a worker thread (in this request's trace) and handed over
+    as they come; a failure comes as the exception itself. Leaving early closes the turn."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        def produce() -> None:
+            try:
+                for event in turn.events():
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as error:  # handed to the request, which answers it
+                loop.call_soon_threadsafe(queue.put_nowait, error)
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        context.run(produce)
+
+    threading.Thread(target=run, name=f"stream-{turn.rid[:8]}", daemon=True).start()
+    try:
+        while (item := await queue.get()) is not _END:
+            yield item
+    finally:  # the client went away, or the answer is over
+        turn.close()
+
+
+async def _sse(first: Event, events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[str]:
+    yield _sse_line(first)
+    async for item in events:
+        if isinstance(item, Event):
+            yield _sse_line(item)
+        else:  # an exception after the first byte: the turn logged it
+            yield _sse_line(Event("error", {"code": "internal", "error": "the reply failed"}))
+
+
+async def _mp3(events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[bytes]:
+    async for item in events:
+        if isinstance(item, Event) and item.name == "audio":
+            yield base64.b64decode(item.data["audio_base64"])
+        elif isinstance(item, Event) and item.name == "error":
+            log.info("[%s] /talk/stream (MP3) ended early: %s", turn.rid, item.data["code"])
+
+
+def _sse_line(event: Event) -> str:
+    return f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
+
+
+def _mp3_headers(meta: dict[str, Any]) -> dict[str, str]:
+    headers = {"X-Request-Id": meta["request_id"], "Cache-Control": "no-cache"}
+    if meta.get("transcript") is not None:
+        headers["X-Transcript"] = quote(meta["transcript"], safe="")
+    if meta.get("language"):
+        headers["X-Language"] = meta["language"]
+    if meta.get("conversation_id"):
+        headers["X-Conversation-Id"] = meta["conversation_id"]
+    return headers
+
+
+async def _replay(rid: str, media: str) -> Any:
+    """A retry of a streamed turn: 409 while it runs, then its recorded answer, at once."""
+    settings = get_settings()
+    turn = await asyncio.to_thread(turns.find, rid, settings)
+    if turn is None or turn.running:
+        return _error(409, "the request is still being answered", rid, "still_running", 5)
+    outcome = await asyncio.to_thread(turns.outcome, turn, settings)
+    if not outcome:
+        return _error(409, "the request is still being answered", rid, "still_running", 5)
+    if "error" in outcome:
+        error = outcome["error"]
+        return _error(
+            error["status"], error["message"], rid, error["code"], error.get("retry_after_s")
+        )
+    stored = await asyncio.to_thread(blob_store(settings).fetch, outcome["audio_blob"])
+    if stored is None:
+        return _error(410, "the reply has expired", rid, "expired")
+    meta = {k: outcome.get(k) for k in ("request_id", "transcript", "language", "conversation_id")}
+    if media == MP3:
+        return StreamingResponse(_once(stored.data), media_type=MP3, headers=_mp3_headers(meta))
+    done = {k: v for k, v in outcome.items() if k != "audio_blob"}
+    replay = [
+        Event("meta", meta),
+        Event("text", {"seq": 1, "text": outcome["text"]}),
+        Event("audio", {"seq": 1, "audio_base64": base64.b64encode(stored.data).decode()}),
+        Event("done", done),
+    ]
+    return StreamingResponse(
+        _once_each(_sse_line(event) for event in replay),
+        media_type=SSE,
+        headers={"X-Request-Id": rid, "Cache-Control": "no-cache"},
+    )
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _once_each(lines: Iterator[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+def _preferred(accept_header: str | None) -> str | None:
+    if not accept_header or not accept_header.strip():
+        return SSE
+    return parse_accept_header(accept_header, MIMEAccept).best_match([SSE, MP3])
+
+
+def _refused(error: TalkError, rid: str) -> JSONResponse:
+    retry_after = error.retry_after_s if isinstance(error, RetryLater) else None
+    response = _error(error.status, error.message, rid, error.code, retry_after)
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _error(
+    status: int, message: str, rid: str | None, code: str, retry_after: int | None = None
+) -> JSONResponse:
+    log.info("[%s] Backend response code: %d (%s)", rid, status, code)
+    headers = {"X-Request-Id": rid} if rid else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    response = JSONResponse(
+        {"error": message, "code": code, "request_id": rid}, status_code=status, headers=headers
+    )
+    response.code = code  # for the span and the request metric
+    return response
