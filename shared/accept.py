@@ -36,6 +36,7 @@ from shared.storage.idempotency import (
     fingerprint,
     validate_key,
 )
+from shared.storage.turns import TurnStatus
 from shared.talk_input import TalkInput, parse_talk_input
 from shared.telemetry import current_trace
 
@@ -52,16 +53,6 @@ START_WITHIN_S = 5.0
 class RequestIdCollision(TalkError):
     status = 503
     code = "collision"
-
-
-@dataclass(frozen=True)
-class TurnStatus:
-    """What a retry needs to know of an earlier turn."""
-
-    exists: bool
-    done: bool = False
-    failed_transiently: bool = False  # ended without an answer, or with a 5xx
-    ended_at: datetime | None = None
 
 
 # May raise StorageUnavailable when the turns cannot be looked up.

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -25,7 +26,7 @@ from shared.errors import NotFound, RetryLater, TalkError
 from shared.pipeline import new_request_id
 from shared.security.identity import Caller, Unauthorized, identify
 from shared.security.ratelimit import Access, admit, forget_caller
-from shared.storage import StorageUnavailable, blob_store, erasure
+from shared.storage import StorageUnavailable, blob_store, erasure, turns
 from shared.storage.conversations import (
     conversation_store,
     issued_conversation_id,
@@ -173,8 +174,8 @@ def durable_status(client: df.DurableOrchestrationClient) -> StatusOf:
         except Exception as error:  # the Durable extension itself did not answer
             log.error("[%s] status unavailable: %s", rid, type(error).__name__)
             raise StorageUnavailable("processing is unavailable, retry shortly") from None
-        if status is None or status.runtime_status is None:
-            return TurnStatus(exists=False)
+        if status is None or status.runtime_status is None:  # perhaps a streamed turn
+            return await asyncio.to_thread(turns.turn_status, rid, get_settings())
         done = status.runtime_status in _DONE
         return TurnStatus(True, done, _failed_transiently(status), status.last_updated_time)
 
@@ -201,6 +202,8 @@ async def _wait_and_answer(
         log.error("[%s] status unavailable: %s", rid, type(error).__name__)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     answer.phases.mark("wait")
+    if status is None:  # a streamed turn this request joined
+        return await _answer_streamed(rid, answer, answer.started + wait_s)
     return await _answer(status, rid, answer)
 
 
@@ -225,12 +228,20 @@ async def talk_result(
         except Exception as error:  # the Durable extension itself did not answer
             log.error("[%s] status unavailable: %s", rid, type(error).__name__)
             return error_response(503, "status is unavailable, retry shortly", rid, "unavailable")
-        if not _owned_by(status, caller):
+        streamed = None
+        if status is None or status.runtime_status is None:  # perhaps a streamed turn
+            streamed = await asyncio.to_thread(turns.find, rid, settings)
+            if streamed is None or streamed.owner != caller.owner:
+                raise NotFound("unknown request id")
+        elif not _owned_by(status, caller):
             raise NotFound("unknown request id")
     except TalkError as error:
         return refused(error, rid if _REQUEST_ID.match(rid) else None)
     # Whoever polls for a reply is waiting for it asynchronously already.
-    return await _answer(status, rid, Answering(response_format, Preference(True)))
+    answer = Answering(response_format, Preference(True))
+    if streamed is not None:
+        return await _answer_streamed(rid, answer, time.perf_counter())
+    return await _answer(status, rid, answer)
 
 
 def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> bool:
@@ -247,11 +258,13 @@ def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> b
 
 async def _wait_for_completion(
     client: df.DurableOrchestrationClient, rid: str, deadline: float
-) -> df.DurableOrchestrationStatus:
+) -> df.DurableOrchestrationStatus | None:
     fast_until = time.perf_counter() + FAST_POLL_WINDOW_S
     delay = POLL_S
     while True:
         status = await client.get_status(rid)
+        if status is None or status.runtime_status is None:
+            return None  # not an orchestration: a streamed turn, or none
         now = time.perf_counter()
         if status.runtime_status in _DONE or now + delay > deadline:
             return status
@@ -275,6 +288,28 @@ async def _answer(
     )
     if not isinstance(output, dict):
         log.error("[%s] orchestration ended %s", rid, status.runtime_status)
+    return await _answer_output(output, rid, answer)
+
+
+async def _answer_streamed(rid: str, answer: Answering, deadline: float) -> func.HttpResponse:
+    """A turn `/talk/stream` runs: waited for like an orchestration, then its record."""
+    settings = get_settings()
+    delay = POLL_S
+    while (turn := await asyncio.to_thread(turns.find, rid, settings)) and turn.running:
+        if time.perf_counter() + delay > deadline:
+            if answer.preference.respond_async:
+                return pending_response(rid)
+            return reply_pending_response(rid)
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, MAX_POLL_S)
+    output = await asyncio.to_thread(turns.outcome, turn, settings) if turn else None
+    return await _answer_output(output, rid, answer)
+
+
+async def _answer_output(output: Any, rid: str, answer: Answering) -> func.HttpResponse:
+    """A finished turn's answer from its output (an orchestration's or a streamed turn's
+    record): the reply, or its error."""
+    if not isinstance(output, dict):
         return error_response(502, "the request could not be processed", rid, "processing_failed")
     if "error" in output:
         error = output["error"]
@@ -363,10 +398,9 @@ async def _erase(
     request_ids = await asyncio.to_thread(erasure.request_ids, scope, settings)
     try:
         for rid in request_ids:
-            status = await client.get_status(rid)
-            exists = status is not None and status.runtime_status is not None
-            if (exists and status.runtime_status not in _DONE) or (
-                not exists
+            status = await durable_status(client)(rid)  # an orchestration or a streamed turn
+            if (status.exists and not status.done) or (
+                not status.exists
                 and await asyncio.to_thread(erasure.starting, rid, settings, CLAIM_GRACE_S)
             ):
                 raise StillRunning("a request is still being answered; retry in a few seconds")

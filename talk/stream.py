@@ -26,12 +26,13 @@ from opentelemetry.trace import SpanKind
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from shared.accept import Joined, TurnStatus, accept
+from shared.accept import Joined, accept
 from shared.config import get_settings
 from shared.errors import RetryLater, TalkError
 from shared.pipeline import new_request_id
 from shared.security.identity import Unauthorized
 from shared.storage import blob_store, turns
+from shared.storage.turns import TurnStatus
 from shared.streaming import Event, StreamedTurn
 from shared.telemetry import traced
 from shared.telemetry.metrics import request_answered
@@ -104,18 +105,7 @@ async def _answer(req: Request, rid: str) -> Any:
 async def streamed_status(rid: str) -> TurnStatus:
     """Turns as streaming records them (a `/talk` turn is unknown here: the streaming app
     has no Durable client)."""
-    turn = await asyncio.to_thread(turns.find, rid, get_settings())
-    if turn is None:
-        return TurnStatus(exists=False)
-    if turn.running:
-        return TurnStatus(True)
-    failed = turn.state == turns.FAILED and await _failed_transiently(turn)
-    return TurnStatus(True, True, failed, turn.ended_at)
-
-
-async def _failed_transiently(turn: turns.StreamedTurn) -> bool:
-    outcome = await asyncio.to_thread(turns.outcome, turn, get_settings())
-    return not outcome or outcome.get("error", {}).get("status", 500) >= 500
+    return await asyncio.to_thread(turns.turn_status, rid, get_settings())
 
 
 async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:

@@ -19,6 +19,18 @@ from shared.config import Settings
 from shared.storage import blob_store
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+
+
+@dataclass(frozen=True)
+class TurnStatus:
+    """What a retry, a poll or an erasure needs to know of a turn, however it runs."""
+
+    exists: bool
+    done: bool = False
+    failed_transiently: bool = False  # ended without an answer, or with a 5xx
+    ended_at: datetime | None = None
+
+
 # A turn still "running" this long after its last word died with its instance: a retry
 # may take its key over, and an erasure need not wait for it.
 STALE_S = 600.0
@@ -82,3 +94,18 @@ def _write(turn: StreamedTurn, settings: Settings) -> None:
         "application/json",
         overwrite=True,
     )
+
+
+def turn_status(request_id: str, settings: Settings) -> TurnStatus:
+    """The streamed turn's status (not existing, for any other turn)."""
+    turn = find(request_id, settings)
+    if turn is None:
+        return TurnStatus(exists=False)
+    if turn.running:
+        return TurnStatus(True)
+    failed = turn.state == FAILED and _failed_transiently(outcome(turn, settings))
+    return TurnStatus(True, True, failed, turn.ended_at)
+
+
+def _failed_transiently(ended: dict[str, Any] | None) -> bool:
+    return not ended or ended.get("error", {}).get("status", 500) >= 500
