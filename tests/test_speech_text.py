@@ -36,3 +36,15 @@ def test_a_reply_cut_off_mid_sentence_ends_at_a_clause() -> None:
 
 def test_a_reply_that_is_only_markup_is_empty() -> None:
     assert clean_for_speech("🎉🎉 **", max_sentences=3) == ""
+
+
+def test_a_reply_is_cut_at_sentence_ends_not_at_every_period() -> None:
+    """An ordinal, a title or a number's period is not a sentence end (it was: "Joulu on
+    24." was the whole reply)."""
+    assert clean_for_speech("Joulu on 24. joulukuuta. Se on kivaa.", 1) == (
+        "Joulu on 24. joulukuuta."
+    )
+    assert clean_for_speech("Mr. Smith is here. He says hi. Bye.", 2) == (
+        "Mr. Smith is here. He says hi."
+    )
+    assert clean_for_speech("Pi is 3.14 or so. That is all.", 1) == "Pi is 3.14 or so."

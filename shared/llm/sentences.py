@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import re
 
-_TERMINATORS = ".!?…"
+TERMINATORS = ".!?…"
 # Closing quotes and brackets that may follow a sentence's end ('"Yes." He left.'), and what
 # may open a word: Finnish quotes open with the closing marks too. Markdown emphasis as well
 # ("**Sure!** Take..."), for a stream that is cleaned piece by piece. (\u201d and \u2019 are
 # the right double and single quotation marks, \u2018 the left single, \u201a the low single;
 # \u2013 is the en dash.)
-_CLOSERS = "\"'\u201d\u2019»)]}*_`"
+CLOSERS = "\"'\u201d\u2019»)]}*_`"
 _OPENERS = "\"'“\u201d\u2018\u2019«»„\u201a([{*_`"
-_CLAUSE_ENDS = (",", ";", ":", "—", "\u2013")
+CLAUSE_ENDS = (",", ";", ":", "—", "\u2013")
 _DASHES = frozenset({"-", "--", "—", "\u2013"})
 _RUN = re.compile(r"\S+|\s+")  # \s is str.isspace(), the whitespace str.split() splits at
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # as str.splitlines()
@@ -143,7 +143,7 @@ class SentenceSplitter:
             if length > self._max:
                 break
             spaces = count
-            if word in _DASHES or word.rstrip(_CLOSERS).endswith(_CLAUSE_ENDS):
+            if word in _DASHES or word.rstrip(CLOSERS).endswith(CLAUSE_ENDS):
                 clause, clause_length = count, length
         if clause and clause_length > self._max // 3:
             self._emit(clause, pieces)
@@ -154,10 +154,10 @@ class SentenceSplitter:
         """Whether the last word ends a sentence, the next word beginning with `following`."""
         if following.islower():  # '"Really?" she asked', "24. joulukuuta", "3. sijalle"
             return False
-        word = self._words[-1].rstrip(_CLOSERS)
-        if not word or word[-1] not in _TERMINATORS:
+        word = self._words[-1].rstrip(CLOSERS)
+        if not word or word[-1] not in TERMINATORS:
             return False
-        stem = word.rstrip(_TERMINATORS)
+        stem = word.rstrip(TERMINATORS)
         if len(word) - len(stem) > 1 or word[-1] != ".":  # ! ? … ?! ...
             return True
         core = stem.lstrip(_OPENERS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from shared.llm.sentences import CLAUSE_ENDS, CLOSERS, TERMINATORS, split_sentences
+
 _CODE_BLOCK = re.compile(r"```.*?(```|$)", re.DOTALL)
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
@@ -13,8 +15,6 @@ _LINE_MARKUP = re.compile(r"^\s*(#{1,6}\s+|[-*+•]\s+|\d+[.)]\s+|>\s*)", re.MUL
 _EMPHASIS = re.compile(r"(\*\*|__|\*|~~|`)")
 _UNDERSCORED = re.compile(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)")
 _SPEAKER = re.compile(r"^\s*(assistant|ai|bot)\s*:\s*", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
-_CLAUSE_END = re.compile(r"[,;:]")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+(?=[.,!?;:…])")
 _INVISIBLE = {"\u200d", "\ufe0f", "\ufe0e"}
 
@@ -39,7 +39,8 @@ def _is_emoji(ch: str) -> bool:
 
 
 def _cut_at_sentence_end(text: str, max_sentences: int) -> str:
-    sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    # The streaming splitter's rules: never after "24." in "24. joulukuuta", "Mr." or "3.14".
+    sentences = split_sentences(text)
     if not sentences:
         return ""
     if len(sentences) > 1 and not _is_complete(sentences[-1]):
@@ -47,7 +48,7 @@ def _cut_at_sentence_end(text: str, max_sentences: int) -> str:
     kept = sentences[:max_sentences]
     last = kept[-1]
     if not _is_complete(last):
-        clause_ends = [m.start() for m in _CLAUSE_END.finditer(last)]
+        clause_ends = [i for i, ch in enumerate(last) if ch in CLAUSE_ENDS]
         if clause_ends and clause_ends[-1] > len(last) // 3:
             last = last[: clause_ends[-1]]
         kept[-1] = last.rstrip() + "."
@@ -55,4 +56,4 @@ def _cut_at_sentence_end(text: str, max_sentences: int) -> str:
 
 
 def _is_complete(sentence: str) -> bool:
-    return sentence.rstrip("\"')]").endswith((".", "!", "?", "…"))
+    return sentence.rstrip(CLOSERS).endswith(tuple(TERMINATORS))
