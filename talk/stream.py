@@ -34,7 +34,7 @@ from shared.security.identity import Unauthorized
 from shared.storage import blob_store, turns
 from shared.storage.turns import TurnStatus
 from shared.streaming import Event, StreamedTurn
-from shared.telemetry import traced
+from shared.telemetry import inside, open_span
 from shared.telemetry.metrics import request_answered
 
 bp = func.Blueprint()
@@ -53,19 +53,42 @@ async def stream_health(req: Request) -> JSONResponse:
 @bp.route(route="talk/stream", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def talk_stream(req: Request) -> StreamingResponse:
     rid = new_request_id()
-    with traced(
+    # The request's span lasts as long as its answer streams, not as long as this handler.
+    span = open_span(
         "POST /talk/stream",
         kind=SpanKind.SERVER,
         request_id=rid,
         method="POST",
         route="/talk/stream",
-    ) as span:
-        response = await _answer(req, rid)
-        span.set(status=response.status_code)
-        if response.status_code >= 500:
-            span.fail(getattr(response, "code", "error"))
-    request_answered(response.status_code, getattr(response, "code", "ok"))
+    )
+    try:
+        with inside(span):
+            response = await _answer(req, rid)
+    except BaseException:
+        span.fail("internal")
+        span.end()
+        raise
+    code = getattr(response, "code", "ok")
+    span.set(status=response.status_code)
+    if response.status_code >= 500:
+        span.fail(code)
+    elif code != "ok":
+        span.set(error_code=code)
+    request_answered(response.status_code, code)
+    if isinstance(response, StreamingResponse.response_type):
+        response.body_iterator = _ending(response.body_iterator, span)
+    else:
+        span.end()
     return response
+
+
+async def _ending(body: AsyncIterator[Any], span: Any) -> AsyncIterator[Any]:
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+        span.end()
 
 
 async def _answer(req: Request, rid: str) -> Any:
@@ -135,20 +158,26 @@ async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
 
 
 async def _sse(first: Event, events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[str]:
-    yield _sse_line(first)
-    async for item in events:
-        if isinstance(item, Event):
-            yield _sse_line(item)
-        else:  # an exception after the first byte: the turn logged it
-            yield _sse_line(Event("error", {"code": "internal", "error": "the reply failed"}))
+    try:
+        yield _sse_line(first)
+        async for item in events:
+            if isinstance(item, Event):
+                yield _sse_line(item)
+            else:  # an exception after the first byte: the turn logged it
+                yield _sse_line(Event("error", {"code": "internal", "error": "the reply failed"}))
+    finally:  # a client that went away closes this: the turn stops now, not when collected
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 async def _mp3(events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[bytes]:
-    async for item in events:
-        if isinstance(item, Event) and item.name == "audio":
-            yield base64.b64decode(item.data["audio_base64"])
-        elif isinstance(item, Event) and item.name == "error":
-            log.info("[%s] /talk/stream (MP3) ended early: %s", turn.rid, item.data["code"])
+    try:
+        async for item in events:
+            if isinstance(item, Event) and item.name == "audio":
+                yield base64.b64decode(item.data["audio_base64"])
+            elif isinstance(item, Event) and item.name == "error":
+                log.info("[%s] /talk/stream (MP3) ended early: %s", turn.rid, item.data["code"])
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _sse_line(event: Event) -> str:

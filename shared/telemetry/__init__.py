@@ -10,7 +10,9 @@ from shared.telemetry.setup import configure, configure_from_environment, flush
 from shared.telemetry.tracing import (
     continue_trace,
     current_trace,
+    inside,
     log_content,
+    open_span,
     stage_span,
     traced,
 )
@@ -21,7 +23,9 @@ __all__ = [
     "continue_trace",
     "current_trace",
     "flush",
+    "inside",
     "log_content",
+    "open_span",
     "stage_span",
     "traced",
 ]

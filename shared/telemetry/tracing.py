@@ -74,6 +74,9 @@ class Annotated:
         self.set(error_code=code)
         self.span.set_status(Status(StatusCode.ERROR, code))
 
+    def end(self) -> None:
+        self.span.end()
+
 
 @contextlib.contextmanager
 def traced(
@@ -90,6 +93,18 @@ def traced(
         except BaseException as error:
             annotated.fail(_error_code(error))
             raise
+
+
+def open_span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **values: object) -> Annotated:
+    """A span its caller ends (`Annotated.end`), for an answer that outlives its handler (a
+    stream); `inside(span)` makes it the current one for a block."""
+    annotated = Annotated(TRACER.start_span(name, kind=kind, record_exception=False))
+    annotated.set(**values)
+    return annotated
+
+
+def inside(annotated: Annotated) -> contextlib.AbstractContextManager[object]:
+    return trace.use_span(annotated.span, end_on_exit=False)
 
 
 @contextlib.contextmanager
