@@ -43,7 +43,11 @@ def start_server(
     tmp_path: Path, port: int, log: IO[str] | int = subprocess.PIPE, **env: str
 ) -> subprocess.Popen[str]:
     """`make serve` on `port`; its log (stderr) to `log`."""
-    environment = cli_environment(LLM_PROVIDER="local", TTS_PROVIDER="piper")
+    # As `make serve` and the Bicep set it: the streaming app is served beside the main one.
+    # STREAM_PORT=0: a free port, not the next one, which a parallel run may hold.
+    environment = cli_environment(
+        LLM_PROVIDER="local", TTS_PROVIDER="piper", PYTHON_ENABLE_INIT_INDEXING="1", STREAM_PORT="0"
+    )
     for name in ("AzureWebJobsStorage", "TALK_FUNCTION_KEY", "TALK_MASTER_KEY"):
         environment.pop(name, None)
     environment.update(env)
@@ -90,6 +94,7 @@ def server(tmp_path_factory) -> Iterator[DevServer]:
 
 def test_it_prints_where_it_serves_and_a_generated_key(server) -> None:
     assert server.banner[0] == f"Serving the Function App at {server.url} (development server)"
+    assert server.banner[1].startswith("Streaming app (POST /talk/stream) at http://127.0.0.1:")
     assert len(server.key) == 64
     assert any(line.startswith("Storage: Azurite") for line in server.banner)
 
@@ -203,6 +208,18 @@ def test_it_stops_cleanly_and_leaves_no_process(tmp_path: Path, signum: int) -> 
     assert not alive
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/health", timeout=5)
+
+
+def test_the_streaming_app_is_not_served_where_the_worker_would_not_index_it(
+    tmp_path: Path,
+) -> None:
+    process = start_server(tmp_path, free_port(), PYTHON_ENABLE_INIT_INDEXING="0")
+    try:
+        banner = read_banner(process)
+    finally:
+        stop(process)
+    [line] = [line for line in banner if line.startswith("Streaming app")]
+    assert line.startswith("Streaming app not served: stream_app: HTTP streaming needs")
 
 
 def test_make_serve_is_the_documented_command() -> None:
