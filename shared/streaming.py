@@ -66,7 +66,7 @@ class Event:
 class Cancelled(Exception):
     """The client went away."""
 
-    code = "client_closed"
+    code = turns.CLIENT_CLOSED
 
 
 @dataclass
@@ -183,6 +183,8 @@ class StreamedTurn:
                             continue
                         break  # enough said: the model stops here
                     else:
+                        # A stream closed for a client that went away ends as a whole one does.
+                        self._check_open()
                         for piece in splitter.flush():
                             yield from self._say(piece, reply, synthesizer, language)
                     reply.complete = True
@@ -284,6 +286,7 @@ class StreamedTurn:
         tts_characters(session.name, len(text))
         if budget:
             budgets(settings).charge(TTS_CHARACTERS, budget, len(text), share)
+        self._check_open()  # a sentence cut off when the client went away is not cached
         if cache is not None:
             cache.put(key, b"".join(made), "audio/mpeg")
 

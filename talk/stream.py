@@ -75,7 +75,7 @@ async def talk_stream(req: Request) -> StreamingResponse:
     elif code != "ok":
         span.set(error_code=code)
     request_answered(response.status_code, code)
-    if isinstance(response, StreamingResponse.response_type):
+    if isinstance(response, StreamingResponse):
         response.body_iterator = _ending(response.body_iterator, span)
     else:
         span.end()

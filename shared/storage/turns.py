@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.storage import blob_store
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+CLIENT_CLOSED = "client_closed"  # the error code of a turn whose client went away
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,15 @@ def turn_status(request_id: str, settings: Settings) -> TurnStatus:
         return TurnStatus(exists=False)
     if turn.running:
         return TurnStatus(True)
-    failed = turn.state == FAILED and _failed_transiently(outcome(turn, settings))
+    # Failed, or died with its instance (still "running", long ago): a retry may start afresh.
+    failed = turn.state != DONE and _failed_transiently(outcome(turn, settings))
     return TurnStatus(True, True, failed, turn.ended_at)
 
 
 def _failed_transiently(ended: dict[str, Any] | None) -> bool:
-    return not ended or ended.get("error", {}).get("status", 500) >= 500
+    """Whether a retry may start afresh: no outcome, a 5xx, or a client that went away (the
+    retry is that client, whose connection dropped: it never got an answer)."""
+    if not ended:
+        return True
+    error = ended.get("error", {})
+    return error.get("status", 500) >= 500 or error.get("code") == CLIENT_CLOSED
