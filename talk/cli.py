@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import dotenv
 from opentelemetry.trace import SpanKind
@@ -17,17 +20,28 @@ from opentelemetry.trace import SpanKind
 from shared import telemetry
 from shared.answer import TalkResult
 from shared.config import ENV_FILE, Settings, env_file, get_settings
-from shared.errors import BadInput, TalkError
-from shared.pipeline import TalkRequest, talk
+from shared.errors import BadInput, NoInput, ProviderError, TalkError
+from shared.llm import ReplyStream, get_generator
+from shared.llm.sentences import SentenceSplitter, split_sentences
+from shared.llm.speech_text import clean_for_speech
+from shared.pipeline import (
+    TalkRequest,
+    chat_messages,
+    checked_question,
+    system_prompt_for,
+    talk,
+    transcribe,
+)
 from shared.providers import default_secrets, log_active_providers, required_secrets
 from shared.security.secrets import SecretStore, redact
 from shared.storage.conversations import validate_conversation_id
 from shared.telemetry.setup import configure_in_memory
 from shared.telemetry.tree import span_tree
+from shared.tts import get_synthesizer
+from talk.remote import StreamEvent, StreamFailed, StreamResult, ask_backend, stream_backend
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from talk.remote import ask_backend
 
 log = logging.getLogger("talk")
 
@@ -59,12 +73,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--trace", action="store_true", help="print the turn's spans, with timings, on stderr"
     )
     parser.add_argument(
-        "--url", help="ask a deployed backend at this address instead of running in-process"
+        "--stream",
+        action="store_true",
+        help="hear the reply as it is made: print each sentence and write the MP3 to --out as "
+        "it comes, then the time to the first audio; with --url, from POST /talk/stream",
+    )
+    parser.add_argument(
+        "--url",
+        help="ask a deployed backend at this address instead of running in-process; with "
+        "--stream, the streaming app's own address (STREAM_FUNCTION_URL after azd up; make "
+        "serve's 'Streaming app' line)",
     )
     parser.add_argument(
         "--key",
         default=os.environ.get("TALK_FUNCTION_KEY"),
-        help="function key for --url (default: $TALK_FUNCTION_KEY)",
+        help="function key for --url, the streaming app's with --stream "
+        "(default: $TALK_FUNCTION_KEY)",
     )
     parser.add_argument(
         "--env-file",
@@ -92,23 +116,17 @@ def main(argv: list[str] | None = None) -> int:
             recorded = configure_in_memory()[0]
         else:
             telemetry.configure(settings)
-        if args.url:
-            result = ask_backend(
-                args.url,
-                key=args.key,
-                audio_file=args.audio_file,
-                text=args.text,
-                voice=args.voice,
-                language=args.language,
-                conversation_id=args.conversation_id,
-            )
+        if args.stream:
+            with _Shown(args.out, show=not args.json) as shown:
+                streamed = _stream(args, settings, shown)
+            output = _streamed_json(streamed) if args.json else _streamed_text(streamed, args.out)
         else:
-            secrets = default_secrets(settings)
-            _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
-            log_active_providers(settings, secrets)
-            with telemetry.traced("talk", kind=SpanKind.SERVER):
-                result = talk(_request(args), settings, secrets)
-        args.out.write_bytes(result.mp3)
+            result = _answer(args, settings)
+            args.out.write_bytes(result.mp3)
+            output = _as_json(result) if args.json else _as_text(result, args.out)
+    except StreamFailed as error:  # after the reply began
+        print(f"error: {error.code}: {error.message}", file=sys.stderr)
+        code = EXIT_FAILURE
     except BadInput as error:
         print(f"error: {error.message}", file=sys.stderr)
         code = EXIT_BAD_INPUT
@@ -116,16 +134,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_FAILURE
     else:
-        print(_as_json(result) if args.json else _as_text(result, args.out), flush=True)
+        print(output, flush=True)
         code = EXIT_OK
     _show_trace(recorded)
     return code
+
+
+def _answer(args: argparse.Namespace, settings: Settings) -> TalkResult:
+    if args.url:
+        return ask_backend(args.url, **_asked(args))
+    secrets = _local_secrets(settings)
+    with telemetry.traced("talk", kind=SpanKind.SERVER):
+        return talk(_request(args), settings, secrets)
+
+
+def _asked(args: argparse.Namespace) -> dict[str, Any]:
+    """What `--url` sends, to `/talk` and `/talk/stream` alike."""
+    return {
+        "key": args.key,
+        "audio_file": args.audio_file,
+        "text": args.text,
+        "voice": args.voice,
+        "language": args.language,
+        "conversation_id": args.conversation_id,
+    }
 
 
 def _show_trace(recorded: InMemorySpanExporter | None) -> None:
     telemetry.flush()
     if recorded is not None and (spans := recorded.get_finished_spans()):
         print(span_tree(spans), file=sys.stderr)
+
+
+def _local_secrets(settings: Settings) -> SecretStore:
+    secrets = default_secrets(settings)
+    _ask_for_missing_secrets(settings, secrets, interactive=sys.stdin.isatty())
+    log_active_providers(settings, secrets)
+    return secrets
 
 
 def _ask_for_missing_secrets(settings: Settings, secrets: SecretStore, interactive: bool) -> None:
@@ -182,11 +227,221 @@ def _as_json(result: TalkResult) -> str:
 
 
 def _as_text(result: TalkResult, out: Path) -> str:
-    timings = "  ".join(f"{stage} {ms} ms" for stage, ms in result.timings_ms.items())
     lines = [
         f"You said:  {result.transcript}" if result.transcript is not None else None,
         f"Reply:     {result.text}",
-        f"Timings:   {timings}",
-        f"Wrote {out} ({len(result.mp3)} bytes of MP3)",
+        _timings(result.timings_ms),
+        _wrote(out, len(result.mp3)),
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+def _timings(timings_ms: dict[str, int]) -> str:
+    return "Timings:   " + "  ".join(f"{stage} {ms} ms" for stage, ms in timings_ms.items())
+
+
+def _wrote(out: Path, size: int) -> str:
+    return f"Wrote {out} ({size} bytes of MP3)"
+
+
+# --- --stream ----------------------------------------------------------------------------
+
+
+class _Shown:
+    """A streamed reply as it arrives: its MP3 written to `out` a piece at a time (flushed,
+    so a player can follow the file), and with `show`, what was heard and each sentence."""
+
+    def __init__(self, out: Path, *, show: bool) -> None:
+        self.out, self.show = out, show
+        self.sentences = 0
+        self._file: IO[bytes] | None = None
+
+    def __call__(self, event: StreamEvent) -> None:
+        if event.name == "audio":
+            if self._file is None:  # opened once there is audio: an error leaves no file
+                self._file = self.out.open("wb")
+            self._file.write(event.mp3)
+            self._file.flush()
+        elif self.show and event.name == "meta" and event.data.get("transcript") is not None:
+            print(f"You said:  {event.data['transcript']}", flush=True)
+        elif self.show and event.name == "text":
+            label = "" if self.sentences else "Reply:"
+            print(f"{label:11}{event.data['text']}", flush=True)
+            self.sentences += 1
+
+    def __enter__(self) -> _Shown:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _stream(
+    args: argparse.Namespace, settings: Settings, on_event: Callable[[StreamEvent], None]
+) -> StreamResult:
+    if args.url:
+        return stream_backend(args.url, **_asked(args), on_event=on_event)
+    if args.conversation_id:
+        raise BadInput("--stream keeps no conversation in-process: use it with --url")
+    request = _request(args)
+    secrets = _local_secrets(settings)
+    with telemetry.traced("talk", kind=SpanKind.SERVER):
+        return _LocalStream(request, settings, secrets, on_event).run()
+
+
+class _LocalStream:
+    """The reply streamed in-process, as `/talk/stream` makes it: the question heard, the
+    model's stream cut into sentences (`SentenceSplitter`), each spoken as it is complete by
+    one speech session, so the MP3 pieces join into one stream.
+
+    `shared.streaming.StreamedTurn` cannot run here: it records the turn in Blob Storage
+    from its first step to its last. This is only its core, without what needs storage or
+    the HTTP API: no conversation, cache or daily budget (refused when one applies), and no
+    embedded voice taking over from a paid one that fails."""
+
+    def __init__(
+        self,
+        request: TalkRequest,
+        settings: Settings,
+        secrets: SecretStore,
+        on_event: Callable[[StreamEvent], None],
+    ) -> None:
+        self.request, self.settings, self.secrets = request, settings, secrets
+        self.on_event = on_event
+        self.started = time.perf_counter()
+        self.began = False
+        self.seq = self.audio_bytes = self.tts_ms = 0
+        self.first_audio_ms: int | None = None
+
+    def run(self) -> StreamResult:
+        try:
+            done = self._run()
+        except TalkError as error:
+            if not self.began:  # before the first byte: as `/talk` would answer it
+                raise
+            raise StreamFailed(error.code, error.message) from None
+        self.on_event(StreamEvent("done", done))
+        return StreamResult(done, self.first_audio_ms, _ms_since(self.started))
+
+    def _run(self) -> dict[str, object]:
+        request, settings = self.request, self.settings
+        if request.audio is None and not (request.text and request.text.strip()):
+            raise NoInput("send audio or text")
+        generator = get_generator(settings, self.secrets)
+        _refuse_budget(
+            generator.billed and settings.llm_daily_token_budget, "LLM_DAILY_TOKEN_BUDGET"
+        )
+        heard = None
+        if request.audio is not None:
+            heard = transcribe(
+                request.audio,
+                request_id=request.request_id,
+                settings=settings,
+                language=request.language,
+            )
+            question, language, transcript = heard.text, heard.language, heard.text
+        else:
+            question = checked_question(request.text or "", settings)
+            language, transcript = request.language, None
+        synthesizer = get_synthesizer(settings, self.secrets, language)
+        _refuse_budget(
+            synthesizer.billed and settings.tts_daily_character_budget, "TTS_DAILY_CHARACTER_BUDGET"
+        )
+        meta = {"request_id": request.request_id, "transcript": transcript, "language": language}
+        self.on_event(StreamEvent("meta", {**meta, "conversation_id": None}))
+        self.began = True
+        system_prompt = system_prompt_for(settings, request.system_prompt, language)
+        messages = chat_messages(generator, settings, system_prompt, question, [])
+        session = synthesizer.open_session(voice=request.voice, language=language)
+        said: list[str] = []
+        llm_started = time.perf_counter()
+        try:
+            with generator.stream(
+                messages, max_tokens=settings.llm_max_tokens, temperature=settings.llm_temperature
+            ) as stream:
+                for piece in _pieces(stream, SentenceSplitter(language)):
+                    left = settings.reply_max_sentences - len(said)
+                    if text := clean_for_speech(piece, left):
+                        said.extend(split_sentences(text, language) or [text])
+                        self._say(text, session.speak)
+                    if len(said) >= settings.reply_max_sentences:
+                        break
+            self._audio(session.finish())
+        finally:
+            session.close()
+        if not said:
+            raise ProviderError(generator.name, "the model gave an empty reply")
+        return {
+            **meta,
+            "text": " ".join(said),
+            "audio_bytes": self.audio_bytes,
+            "timings_ms": {
+                "stt": heard.elapsed_ms if heard else 0,
+                "llm": _ms_since(llm_started) - self.tts_ms,
+                "tts": self.tts_ms,
+                "first_audio": self.first_audio_ms or 0,
+                "total": _ms_since(self.started),
+            },
+            "providers": {
+                "stt": heard.provider if heard else None,
+                "llm": generator.name,
+                "tts": session.name,
+            },
+            "cache": [],
+            "conversation_id": None,
+            "turn_saved": None,
+        }
+
+    def _say(self, text: str, speak: Callable[[str], Iterator[bytes]]) -> None:
+        self.seq += 1
+        self.on_event(StreamEvent("text", {"seq": self.seq, "text": text}))
+        started = time.perf_counter()
+        for mp3 in speak(text):
+            self._audio(mp3)
+        self.tts_ms += _ms_since(started)
+
+    def _audio(self, mp3: bytes) -> None:
+        if not mp3:
+            return
+        if self.first_audio_ms is None:
+            self.first_audio_ms = _ms_since(self.started)
+        self.audio_bytes += len(mp3)
+        data = {"seq": self.seq, "audio_base64": base64.b64encode(mp3).decode()}
+        self.on_event(StreamEvent("audio", data))
+
+
+def _pieces(stream: ReplyStream, splitter: SentenceSplitter) -> Iterator[str]:
+    """The reply's pieces to speak, each as soon as it is complete."""
+    for delta in stream:
+        yield from splitter.feed(delta)
+    yield from splitter.flush()
+
+
+def _refuse_budget(applies: object, budget: str) -> None:
+    if applies:
+        raise BadInput(
+            f"--stream without --url counts nothing against {budget}: "
+            "use --url, or run without the budget"
+        )
+
+
+def _streamed_json(streamed: StreamResult) -> str:
+    return json.dumps(
+        {**streamed.done, "first_audio_ms": streamed.first_audio_ms}, ensure_ascii=False
+    )
+
+
+def _streamed_text(streamed: StreamResult, out: Path) -> str:
+    first = streamed.first_audio_ms
+    heard = "no audio" if first is None else f"first audio after {first} ms"
+    lines = [
+        _timings(streamed.done.get("timings_ms", {})),
+        f"{heard}; total {streamed.total_ms} ms",
+        _wrote(out, streamed.done.get("audio_bytes", 0)),
+    ]
+    return "\n".join(lines)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)

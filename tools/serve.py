@@ -31,6 +31,10 @@ DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
 log = logging.getLogger("devhost")
 
 
+class Unusable(Exception):
+    """A port the server cannot listen on: the one line to print."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.serve", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
@@ -81,43 +85,40 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     body_limit = int(os.environ.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or DEFAULT_BODY_LIMIT)
     with app_durable_host() as durable:
-        try:
-            front = FunctionsHttpHost(
-                durable,
-                key=key,
-                master_key=master_key,
-                host=args.host,
-                port=args.port,
-                body_limit=body_limit,
-            )
-            stream_port = (
-                args.stream_port if args.stream_port >= 0 else (args.port and args.port + 1)
-            )
-            streaming: FunctionsHttpHost | None = None
-            not_streaming = ""
+
+        def serve_on(port: int, variable: str, entry: str = "function_app") -> FunctionsHttpHost:
             try:
-                streaming = FunctionsHttpHost(
+                return FunctionsHttpHost(
                     durable,
                     key=key,
                     master_key=master_key,
                     host=args.host,
-                    port=stream_port,
+                    port=port,
                     body_limit=body_limit,
-                    entry="stream_app",
+                    entry=entry,
                 )
+            except OSError as error:
+                reason = (
+                    "is in use"
+                    if error.errno == errno.EADDRINUSE
+                    else f"cannot be used: {error.strerror}"
+                )
+                raise Unusable(
+                    f"error: {args.host}:{port} {reason}; set {variable} to another port"
+                ) from None
+
+        streaming: FunctionsHttpHost | None = None
+        not_streaming = ""
+        try:
+            front = serve_on(args.port, "PORT")
+            next_port = args.port + 1 if args.port else 0
+            try:
+                stream_port = args.stream_port if args.stream_port >= 0 else next_port
+                streaming = serve_on(stream_port, "STREAM_PORT", "stream_app")
             except AppIndexError as refused:  # what the worker would refuse too
                 not_streaming = str(refused)
-        except OSError as error:
-            reason = (
-                "is in use"
-                if error.errno == errno.EADDRINUSE
-                else f"cannot be used: {error.strerror}"
-            )
-            print(
-                f"error: {args.host}:{error.filename or args.port} {reason}; "
-                "set PORT (and STREAM_PORT) to other ports",
-                file=sys.stderr,
-            )
+        except Unusable as unusable:
+            print(unusable, file=sys.stderr)
             return 1
         with storage(args.azurite_dir) as where, front, streaming or contextlib.nullcontext():
             print(f"Serving the Function App at {front.url} (development server)", flush=True)
