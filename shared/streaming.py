@@ -80,7 +80,9 @@ class _Reply:
 
 
 class StreamedTurn:
-    def __init__(self, accepted: Accepted) -> None:
+    def __init__(self, accepted: Accepted, started: float | None = None) -> None:
+        """`started`: when the request arrived (`time.perf_counter()`), which the first
+        audio and the total are timed from; by default, now."""
         self.accepted = accepted
         self.settings = accepted.settings
         self.job = accepted.job
@@ -88,7 +90,7 @@ class StreamedTurn:
         self._closed = threading.Event()
         self._reply_stream: ReplyStream | None = None
         self._session: SpeechSession | None = None
-        self._started = time.perf_counter()
+        self._started = time.perf_counter() if started is None else started
         self._first_audio_ms: int | None = None
         self._stt_provider: str | None = None
         self._llm_provider = ""
@@ -115,20 +117,28 @@ class StreamedTurn:
             for event in self._run():
                 sent_any = True
                 yield event
-        except Cancelled:
+        except Exception as error:
+            # Whatever a stream closed under a provider's read raised: the client left.
+            if not isinstance(error, Cancelled) and not self._closed.is_set():
+                yield from self._failed(error, sent_any)
+                return
             log.info("[%s] /talk/stream: the client went away", self.rid)
             self._finish({"error": _error_fields(Cancelled.code, "the client went away", 499)})
-        except TalkError as error:
-            self._finish({"error": _error_fields(error.code, error.message, error.status, error)})
-            if not sent_any:
-                raise
-            yield Event("error", _client_error(error))
-        except Exception:
-            log.exception("[%s] /talk/stream failed", self.rid)
-            self._finish({"error": _error_fields("internal", "the reply failed", 500)})
-            if not sent_any:
-                raise
-            yield Event("error", {"code": "internal", "error": "the reply failed, try again"})
+
+    def _failed(self, error: Exception, sent_any: bool) -> Iterator[Event]:
+        """A failure: raised before the first event (the caller answers it as `/talk`
+        would), else the last event."""
+        if isinstance(error, TalkError):
+            fields = _error_fields(error.code, error.message, error.status, error)
+            event = _client_error(error)
+        else:
+            log.error("[%s] /talk/stream failed", self.rid, exc_info=error)
+            fields = _error_fields("internal", "the reply failed", 500)
+            event = {"code": "internal", "error": "the reply failed, try again"}
+        self._finish({"error": fields})
+        if not sent_any:
+            raise error
+        yield Event("error", event)
 
     # --- the turn ------------------------------------------------------------------------
 

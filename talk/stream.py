@@ -16,6 +16,7 @@ import contextvars
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +43,7 @@ log = logging.getLogger("talk")
 
 SSE, MP3, JSON = "text/event-stream", "audio/mpeg", "application/json"
 _END = object()
+EVENTS_AHEAD = 8  # a sentence's text and a few audio pieces
 NOT_ACCEPTABLE = "Accept must allow text/event-stream or audio/mpeg"
 
 
@@ -52,6 +54,7 @@ async def stream_health(req: Request) -> JSONResponse:
 
 @bp.route(route="talk/stream", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def talk_stream(req: Request) -> StreamingResponse:
+    arrived = time.perf_counter()
     rid = new_request_id()
     # The request's span lasts as long as its answer streams, not as long as this handler.
     span = open_span(
@@ -63,7 +66,7 @@ async def talk_stream(req: Request) -> StreamingResponse:
     )
     try:
         with inside(span):
-            response = await _answer(req, rid)
+            response = await _answer(req, rid, arrived)
     except BaseException:
         span.fail("internal")
         span.end()
@@ -91,7 +94,7 @@ async def _ending(body: AsyncIterator[Any], span: Any) -> AsyncIterator[Any]:
         span.end()
 
 
-async def _answer(req: Request, rid: str) -> Any:
+async def _answer(req: Request, rid: str, arrived: float) -> Any:
     media = _preferred(req.headers.get("Accept"))
     if media is None:
         return _error(
@@ -106,7 +109,7 @@ async def _answer(req: Request, rid: str) -> Any:
     if accepted.too_late():
         await accepted.abandon()
         return _error(503, "processing is unavailable, retry shortly", rid, "unavailable")
-    turn = StreamedTurn(accepted)
+    turn = StreamedTurn(accepted, arrived)
     events = _pump(turn)
     first = await events.__anext__()
     if isinstance(first, TalkError):  # before the first byte: /talk's answer
@@ -131,18 +134,33 @@ async def streamed_status(rid: str) -> TurnStatus:
     return await asyncio.to_thread(turns.turn_status, rid, get_settings())
 
 
+class ReplyCutShort(Exception):
+    """An MP3 answer that failed after its first byte: its connection is dropped."""
+
+
 async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
     """The turn's events, made on a worker thread (in this request's trace) and handed over
     as they come; a failure comes as the exception itself. Leaving early closes the turn."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     context = contextvars.copy_context()
+    # The turn runs at most this many events ahead of what the client has taken: one that
+    # stops reading (or left, unnoticed until a write fails) stops the model and the voice
+    # too, rather than having the whole reply made and paid for.
+    ahead = threading.Semaphore(EVENTS_AHEAD)
+    closed = threading.Event()
+
+    def hand_over(item: object) -> None:
+        while not ahead.acquire(timeout=0.5):
+            if closed.is_set():
+                return
+        loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def run() -> None:
         def produce() -> None:
             try:
                 for event in turn.events():
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    hand_over(event)
             except BaseException as error:  # handed to the request, which answers it
                 loop.call_soon_threadsafe(queue.put_nowait, error)
             loop.call_soon_threadsafe(queue.put_nowait, _END)
@@ -152,8 +170,11 @@ async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
     threading.Thread(target=run, name=f"stream-{turn.rid[:8]}", daemon=True).start()
     try:
         while (item := await queue.get()) is not _END:
+            if isinstance(item, Event):
+                ahead.release()
             yield item
     finally:  # the client went away, or the answer is over
+        closed.set()
         turn.close()
 
 
@@ -174,8 +195,12 @@ async def _mp3(events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[
         async for item in events:
             if isinstance(item, Event) and item.name == "audio":
                 yield base64.b64decode(item.data["audio_base64"])
-            elif isinstance(item, Event) and item.name == "error":
-                log.info("[%s] /talk/stream (MP3) ended early: %s", turn.rid, item.data["code"])
+            elif (isinstance(item, Event) and item.name == "error") or isinstance(item, Exception):
+                # No event can say so in an MP3: the connection drops without the chunked
+                # body's end, so a client can tell a reply cut short from a whole one.
+                code = item.data["code"] if isinstance(item, Event) else "internal"
+                log.info("[%s] /talk/stream (MP3) failed after the first byte: %s", turn.rid, code)
+                raise ReplyCutShort(code)
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 

@@ -763,3 +763,21 @@ def test_erasing_a_conversation_while_its_stream_runs_is_409(
     assert stored_turn(meta["request_id"]) == (None, None)
     # Not erased, so not stopped: the turn ended as any turn, and a DELETE now takes it.
     assert rest[-1][0] == "done" and rest[-1][1]["turn_saved"] is True
+
+
+def test_an_mp3_answer_cut_short_drops_its_connection(stream_front, paid, streaming) -> None:
+    """An MP3 has no way to say it failed: the chunked body ends without its last chunk, so
+    a client can tell a reply cut short from a whole one."""
+    words = len(SENTENCES[0].split())
+    paid.chat.script = [streamed([*chat_pieces()[: words + 3], (0.0, None)])]
+    connection, response = Client(stream_front).open(
+        "POST",
+        "/talk/stream",
+        json.dumps({"text": "Tell me about coffee"}).encode(),
+        **{"Content-Type": JSON, "Accept": "audio/mpeg"},
+    )
+    with closing(connection):
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            response.read()
+    assert len(cut.value.partial) > 0  # the first sentence's speech came

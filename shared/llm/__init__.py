@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ class ReplyStream:
     so that a close counts too), and cleans up in `finally` (closing ends it at its
     `yield`). Closed while another thread runs it, it cannot be ended from outside: it
     stops at its next piece when it sees `stream.closed`, and `tokens` is final once it
-    has. `release`, when given, frees what the producer holds before it starts (an open
-    response): `close()` calls it once the producer has ended.
+    has. `release`, when given, frees what the producer holds (an open response): `close()`
+    calls it, from whichever thread, so a producer blocked on a provider that stalled is
+    woken rather than left until the read timeout.
     """
 
     def __init__(
@@ -67,10 +69,10 @@ class ReplyStream:
         self.closed = True
         close = getattr(self._pieces, "close", None)
         if close is not None:
-            try:
+            # ValueError: running on another thread, which sees `closed` at its next piece;
+            # a producer waiting on a stalled provider is woken by what `release` closes.
+            with contextlib.suppress(ValueError):
                 close()
-            except ValueError:  # running on another thread: it sees `closed` at its next piece
-                return
         if self._release is not None:
             self._release()
 

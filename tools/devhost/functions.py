@@ -383,6 +383,10 @@ def _send_starlette(request: BaseHTTPRequestHandler, response: Any) -> None:
         log.info("%s %s: the client went away mid-stream", request.command, request.path)
         request.close_connection = True
         run_async(iterator.aclose())
+    except Exception as error:  # the answer failed mid-way: dropped, as the worker drops it
+        log.info("%s %s: the answer failed mid-stream (%s)", request.command, request.path, error)
+        request.close_connection = True
+        request.connection.close()
 
 
 def read_body(request: BaseHTTPRequestHandler, limit: int) -> bytes | None:
