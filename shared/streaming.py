@@ -29,7 +29,7 @@ from typing import Any
 from shared.accept import Accepted
 from shared.errors import ProviderError, TalkError
 from shared.llm import ReplyStream, get_generator
-from shared.llm.sentences import SentenceSplitter, split_sentences
+from shared.llm.sentences import CLOSERS, TERMINATORS, SentenceSplitter, split_sentences
 from shared.llm.speech_text import clean_for_speech
 from shared.pipeline import (
     chat_messages,
@@ -73,7 +73,8 @@ class Cancelled(Exception):
 class _Reply:
     """What the turn has said so far."""
 
-    sentences: list[str] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)  # the sentences said, as counted
+    said: list[str] = field(default_factory=list)  # the pieces said, as spoken
     mp3: list[bytes] = field(default_factory=list)
     seq: int = 0
     complete: bool = False
@@ -203,15 +204,15 @@ class StreamedTurn:
                 llm_tokens(generator.name, tokens)
                 if llm_budget:
                     budgets(settings).charge(LLM_TOKENS, llm_budget, tokens, share)
-                span.set(llm_tokens=tokens, reply_chars=len(" ".join(reply.sentences)))
+                span.set(llm_tokens=tokens, reply_chars=len(" ".join(reply.said)))
         self._timings["llm"] = _ms(time.perf_counter() - llm_started) - self._timings["tts"]
-        if not reply.sentences:
+        if not reply.said:
             raise ProviderError(generator.name, "the model gave an empty reply")
         if self._session is not None:
             tail = self._session.finish()
             if tail:
                 yield self._audio(tail, reply)
-        text = " ".join(reply.sentences)
+        text = " ".join(reply.said)
         log_content(self.rid, "replied", text)
         outcome = self._store(question, transcript, language, text, reply)
         yield Event("done", {k: v for k, v in outcome.items() if k != "audio_blob"})
@@ -236,7 +237,11 @@ class StreamedTurn:
         text = clean_for_speech(piece, left)
         if not text:
             return
-        reply.sentences.extend(split_sentences(text) or [text])
+        # Counted as `/talk` counts them, on what the model wrote: a line without a sentence
+        # end (a list's item) runs on into the next sentence there, so it is not one of its
+        # own here either, though it is spoken as one.
+        reply.sentences.extend(s for s in split_sentences(piece) if _ends_sentence(s))
+        reply.said.append(text)
         reply.seq += 1
         yield Event("text", {"seq": reply.seq, "text": text})
         started = time.perf_counter()
@@ -392,6 +397,10 @@ def _client_error(error: TalkError) -> dict[str, Any]:
     if isinstance(retry_after, int):
         body["retry_after"] = retry_after
     return body
+
+
+def _ends_sentence(sentence: str) -> bool:
+    return sentence.rstrip(CLOSERS).endswith(tuple(TERMINATORS))
 
 
 def _ms(seconds: float) -> int:

@@ -781,3 +781,16 @@ def test_an_mp3_answer_cut_short_drops_its_connection(stream_front, paid, stream
         with pytest.raises(http.client.IncompleteRead) as cut:
             response.read()
     assert len(cut.value.partial) > 0  # the first sentence's speech came
+
+
+def test_a_list_counts_its_sentences_as_talk_does(stream_front, paid, streaming) -> None:
+    """A list's items are lines without sentence ends: `/talk` runs them into the next
+    sentence, so the stream does not count each as a sentence of the reply's three."""
+    listed = ("Here are three books:\n1. Dune\n2. Emma\n3. Ulysses", "Enjoy them.", "Bye now.")
+    paid.chat.script = [streamed(chat_pieces(listed))]
+    answer = Client(stream_front).ask("Which books should I read?")
+    texts = [t["text"] for t in answer.named("text")]
+    # Every line spoken (each its own piece), and the reply's last sentence too: the list's
+    # lines did not use up its three sentences.
+    assert texts[:3] == ["Here are three books.", "Dune.", "Emma."], texts
+    assert texts[-1] == "Bye now." and "Ulysses" in " ".join(texts)

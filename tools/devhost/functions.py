@@ -206,6 +206,9 @@ class FunctionsHttpHost:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # As the Functions host: a streamed event goes out at once, not when the client's
+            # delayed ACK lets Nagle's algorithm send it (40 ms late).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
