@@ -150,6 +150,12 @@ def telemetry(job: dict[str, Any]) -> dict[str, Any]:
     return measure(job)
 
 
+def first_audio(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.first_audio import first_audio as measure
+
+    return measure(job)
+
+
 TASKS = {
     "stt_rss": stt_rss,
     "cold_start": cold_start,
@@ -157,6 +163,7 @@ TASKS = {
     "end_to_end": end_to_end,
     "polling": polling,
     "telemetry": telemetry,
+    "first_audio": first_audio,
 }
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   costs, for fast-polling windows of 2, 3, 5 and 10 s on a 2.5 s and a 5.5 s turn;
 - telemetry: the same HTTP path with tracing on and off, each upload both ways in a row,
   and the run's spans and metrics summarised as the operations workbook charts them.
+- first_audio: JSON `POST /talk` (time to the whole answer) against `POST /talk/stream`
+  (time to the first `audio` event and to `done`), the same uploads interleaved, with
+  loopback providers that stream as the real ones do and with the embedded models; the
+  split of the first audio's time, and the streamed reply's audio length against the same
+  reply spoken whole (`bench/first_audio.py`, which also runs alone).
 
 Results go to bench/results/latest.{json,md,png}, end_to_end.png and workbook.png. Nothing
 here asserts a number.
@@ -61,6 +66,7 @@ import jiwer
 import numpy as np
 
 from bench.end_to_end import percentiles
+from bench.first_audio import bench_first_audio, first_audio_markdown
 from shared.config import Settings
 from shared.errors import TalkError
 from shared.pipeline import TalkRequest, talk, transcribe
@@ -512,6 +518,7 @@ def markdown(results: dict[str, Any]) -> str:
             ),
         )
     lines += telemetry_markdown(results["telemetry"])
+    lines += first_audio_markdown(results["first_audio"])
     return "\n".join(lines) + "\n"
 
 
@@ -887,6 +894,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 task, clips, storage, repeats, llm_delay_s=0.3, tts_delay_s=0.2
             )
         results["polling"] = bench_polling(clips[:1], storage, quick)
+        results["first_audio"] = bench_first_audio(clips, storage, repeats)
         results["throughput"] = bench_throughput(
             clips, storage, levels=[1, 2] if quick else [1, 2, 4], per_level=2 if quick else 8
         )

@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "telemetry",
         "stt_cost",
         "polling",
+        "first_audio",
     }
     assert saved["machine"]["cores"] >= 1
     assert set(saved["stt"]) == {
@@ -55,3 +56,10 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     [turn] = saved["polling"]["turns"].values()
     assert set(turn) == {"2 s", "10 s"}
     assert (tmp_path / "workbook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first_audio = saved["first_audio"]
+    assert set(first_audio) == {"loopback providers", "embedded models"}
+    for row in first_audio.values():
+        assert row["requests"] == 1
+        assert 0 < row["stream_first_audio_ms"]["p50"] <= row["stream_done_ms"]["p50"]
+        assert row["audio_length"]["replies_compared"] == 1
+    assert "| first audio, split (p50 ms) |" in (tmp_path / "latest.md").read_text()
