@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.accept import Accepted
+from shared.config import Settings
 from shared.errors import ProviderError, TalkError
 from shared.llm import ReplyStream, get_generator
 from shared.llm.sentences import CLOSERS, TERMINATORS, SentenceSplitter, split_sentences
@@ -81,13 +82,26 @@ class _Reply:
 
 
 class StreamedTurn:
-    def __init__(self, accepted: Accepted, started: float | None = None) -> None:
-        """`started`: when the request arrived (`time.perf_counter()`), which the first
-        audio and the total are timed from; by default, now."""
-        self.accepted = accepted
-        self.settings = accepted.settings
-        self.job = accepted.job
-        self.rid = accepted.request_id
+    def __init__(
+        self,
+        job: dict[str, Any],
+        *,
+        settings: Settings,
+        audio: bytes | None = None,
+        recorded: bool = True,
+        started: float | None = None,
+    ) -> None:
+        """The turn `job` asks for (the accepted request's job: request id, owner, prefix,
+        text or the `audio`, voice, language, conversation). `recorded`: kept in storage as
+        `/talk/stream` keeps it; without it (`python -m talk --stream`) nothing is stored,
+        cached or counted against a budget (its caller refuses to run with one). `started`:
+        when the request arrived (`time.perf_counter()`), which the first audio and the total
+        are timed from; by default, now."""
+        self.settings = settings
+        self.job = job
+        self.rid = job["request_id"]
+        self._audio_in = audio
+        self._recorded = recorded
         self._closed = threading.Event()
         self._reply_stream: ReplyStream | None = None
         self._session: SpeechSession | None = None
@@ -98,7 +112,17 @@ class StreamedTurn:
         self._timings = {"stt": 0, "llm": 0, "tts": 0}
         self._cache_hits: set[str] = set()
         self._record = turns.StreamedTurn(
-            self.rid, self.job["owner"], self.job["blob_prefix"], turns.RUNNING, time.time()
+            self.rid, job["owner"], job["blob_prefix"], turns.RUNNING, time.time()
+        )
+
+    @classmethod
+    def of(cls, accepted: Accepted, started: float | None = None) -> StreamedTurn:
+        """The turn of a request `shared.accept` accepted, recorded."""
+        return cls(
+            accepted.job,
+            settings=accepted.settings,
+            audio=accepted.talk_input.audio,
+            started=started,
         )
 
     def close(self) -> None:
@@ -112,7 +136,8 @@ class StreamedTurn:
     def events(self) -> Iterator[Event]:
         """The turn's events. A failure before the first event is raised (the caller answers
         it as `/talk` would); after it, it is the last event, `error`."""
-        turns.begin(self.rid, self.job["owner"], self.job["blob_prefix"], self.settings)
+        if self._recorded:
+            turns.begin(self.rid, self.job["owner"], self.job["blob_prefix"], self.settings)
         sent_any = False
         try:
             for event in self._run():
@@ -219,7 +244,7 @@ class StreamedTurn:
 
     def _question(self) -> tuple[str, str | None, str | None]:
         job, settings = self.job, self.settings
-        audio = self.accepted.talk_input.audio
+        audio = self._audio_in
         if audio is None:
             return checked_question(job["text"], settings), job.get("language"), None
         heard = transcribe(
@@ -262,7 +287,8 @@ class StreamedTurn:
             self._session = synthesizer.open_session(voice=job.get("voice"), language=language)
         session = self._session
         voice = job.get("voice")
-        cache = response_cache(settings) if settings.tts_cache == "on" and session.billed else None
+        cached = self._recorded and settings.tts_cache == "on" and session.billed
+        cache = response_cache(settings) if cached else None
         scope = "" if job["owner"] == SHARED_OWNER else job["owner"]
         key = cache_key("tts", synthesizer.identity(voice, language), text, scope=scope)
         if cache is not None:
@@ -330,12 +356,14 @@ class StreamedTurn:
         settings, job = self.settings, self.job
         check_not_raced(job.get("erasure_marks") or {}, settings)
         mp3 = b"".join(reply.mp3)
-        name = f"{job['blob_prefix']}reply-{secrets.token_hex(4)}.mp3"
-        if not blob_store(settings).put(name, mp3, "audio/mpeg", overwrite=False):
-            raise StorageUnavailable("the reply could not be stored")
+        name = None
+        if self._recorded:
+            name = f"{job['blob_prefix']}reply-{secrets.token_hex(4)}.mp3"
+            if not blob_store(settings).put(name, mp3, "audio/mpeg", overwrite=False):
+                raise StorageUnavailable("the reply could not be stored")
         conversation = job.get("conversation")
         saved = None
-        if conversation:
+        if conversation and self._recorded:
             saved = self._save_turn(conversation, question, text, language)
         outcome = {
             "request_id": self.rid,
@@ -375,6 +403,8 @@ class StreamedTurn:
             return False
 
     def _finish(self, outcome: dict[str, Any]) -> None:
+        if not self._recorded:
+            return
         try:
             turns.finish(self._record, outcome, self.settings)
         except TalkError as error:

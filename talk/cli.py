@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import getpass
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -20,21 +19,17 @@ from opentelemetry.trace import SpanKind
 from shared import telemetry
 from shared.answer import TalkResult
 from shared.config import ENV_FILE, Settings, env_file, get_settings
-from shared.errors import BadInput, NoInput, ProviderError, TalkError
-from shared.llm import ReplyStream, get_generator
-from shared.llm.sentences import SentenceSplitter, split_sentences
-from shared.llm.speech_text import clean_for_speech
+from shared.errors import BadInput, NoInput, TalkError
+from shared.llm import get_generator
 from shared.pipeline import (
     TalkRequest,
-    chat_messages,
-    checked_question,
-    system_prompt_for,
     talk,
-    transcribe,
 )
 from shared.providers import default_secrets, log_active_providers, required_secrets
+from shared.security.identity import SHARED_OWNER
 from shared.security.secrets import SecretStore, redact
 from shared.storage.conversations import validate_conversation_id
+from shared.streaming import StreamedTurn
 from shared.telemetry.setup import configure_in_memory
 from shared.telemetry.tree import span_tree
 from shared.tts import get_synthesizer
@@ -285,137 +280,41 @@ def _stream(
     if args.conversation_id:
         raise BadInput("--stream keeps no conversation in-process: use it with --url")
     request = _request(args)
+    if request.audio is None and not (request.text and request.text.strip()):
+        raise NoInput("send audio or text")
     secrets = _local_secrets(settings)
+    # Nothing is stored in-process, so nothing could be counted against a daily budget.
+    _refuse_budget(
+        get_generator(settings, secrets).billed and settings.llm_daily_token_budget,
+        "LLM_DAILY_TOKEN_BUDGET",
+    )
+    _refuse_budget(
+        get_synthesizer(settings, secrets).billed and settings.tts_daily_character_budget,
+        "TTS_DAILY_CHARACTER_BUDGET",
+    )
+    job = {
+        "request_id": request.request_id,
+        "owner": SHARED_OWNER,
+        "blob_prefix": "",
+        "text": request.text,
+        "voice": request.voice,
+        "language": request.language,
+        "system_prompt": request.system_prompt,
+        "conversation": None,
+    }
+    started = time.perf_counter()
+    turn = StreamedTurn(job, settings=settings, audio=request.audio, recorded=False)
+    first_audio_ms: int | None = None
     with telemetry.traced("talk", kind=SpanKind.SERVER):
-        return _LocalStream(request, settings, secrets, on_event).run()
-
-
-class _LocalStream:
-    """The reply streamed in-process, as `/talk/stream` makes it: the question heard, the
-    model's stream cut into sentences (`SentenceSplitter`), each spoken as it is complete by
-    one speech session, so the MP3 pieces join into one stream.
-
-    `shared.streaming.StreamedTurn` cannot run here: it records the turn in Blob Storage
-    from its first step to its last. This is only its core, without what needs storage or
-    the HTTP API: no conversation, cache or daily budget (refused when one applies), and no
-    embedded voice taking over from a paid one that fails."""
-
-    def __init__(
-        self,
-        request: TalkRequest,
-        settings: Settings,
-        secrets: SecretStore,
-        on_event: Callable[[StreamEvent], None],
-    ) -> None:
-        self.request, self.settings, self.secrets = request, settings, secrets
-        self.on_event = on_event
-        self.started = time.perf_counter()
-        self.began = False
-        self.seq = self.audio_bytes = self.tts_ms = 0
-        self.first_audio_ms: int | None = None
-
-    def run(self) -> StreamResult:
-        try:
-            done = self._run()
-        except TalkError as error:
-            if not self.began:  # before the first byte: as `/talk` would answer it
-                raise
-            raise StreamFailed(error.code, error.message) from None
-        self.on_event(StreamEvent("done", done))
-        return StreamResult(done, self.first_audio_ms, _ms_since(self.started))
-
-    def _run(self) -> dict[str, object]:
-        request, settings = self.request, self.settings
-        if request.audio is None and not (request.text and request.text.strip()):
-            raise NoInput("send audio or text")
-        generator = get_generator(settings, self.secrets)
-        _refuse_budget(
-            generator.billed and settings.llm_daily_token_budget, "LLM_DAILY_TOKEN_BUDGET"
-        )
-        heard = None
-        if request.audio is not None:
-            heard = transcribe(
-                request.audio,
-                request_id=request.request_id,
-                settings=settings,
-                language=request.language,
-            )
-            question, language, transcript = heard.text, heard.language, heard.text
-        else:
-            question = checked_question(request.text or "", settings)
-            language, transcript = request.language, None
-        synthesizer = get_synthesizer(settings, self.secrets, language)
-        _refuse_budget(
-            synthesizer.billed and settings.tts_daily_character_budget, "TTS_DAILY_CHARACTER_BUDGET"
-        )
-        meta = {"request_id": request.request_id, "transcript": transcript, "language": language}
-        self.on_event(StreamEvent("meta", {**meta, "conversation_id": None}))
-        self.began = True
-        system_prompt = system_prompt_for(settings, request.system_prompt, language)
-        messages = chat_messages(generator, settings, system_prompt, question, [])
-        session = synthesizer.open_session(voice=request.voice, language=language)
-        said: list[str] = []
-        llm_started = time.perf_counter()
-        try:
-            with generator.stream(
-                messages, max_tokens=settings.llm_max_tokens, temperature=settings.llm_temperature
-            ) as stream:
-                for piece in _pieces(stream, SentenceSplitter(language)):
-                    left = settings.reply_max_sentences - len(said)
-                    if text := clean_for_speech(piece, left):
-                        said.extend(split_sentences(text, language) or [text])
-                        self._say(text, session.speak)
-                    if len(said) >= settings.reply_max_sentences:
-                        break
-            self._audio(session.finish())
-        finally:
-            session.close()
-        if not said:
-            raise ProviderError(generator.name, "the model gave an empty reply")
-        return {
-            **meta,
-            "text": " ".join(said),
-            "audio_bytes": self.audio_bytes,
-            "timings_ms": {
-                "stt": heard.elapsed_ms if heard else 0,
-                "llm": _ms_since(llm_started) - self.tts_ms,
-                "tts": self.tts_ms,
-                "first_audio": self.first_audio_ms or 0,
-                "total": _ms_since(self.started),
-            },
-            "providers": {
-                "stt": heard.provider if heard else None,
-                "llm": generator.name,
-                "tts": session.name,
-            },
-            "cache": [],
-            "conversation_id": None,
-            "turn_saved": None,
-        }
-
-    def _say(self, text: str, speak: Callable[[str], Iterator[bytes]]) -> None:
-        self.seq += 1
-        self.on_event(StreamEvent("text", {"seq": self.seq, "text": text}))
-        started = time.perf_counter()
-        for mp3 in speak(text):
-            self._audio(mp3)
-        self.tts_ms += _ms_since(started)
-
-    def _audio(self, mp3: bytes) -> None:
-        if not mp3:
-            return
-        if self.first_audio_ms is None:
-            self.first_audio_ms = _ms_since(self.started)
-        self.audio_bytes += len(mp3)
-        data = {"seq": self.seq, "audio_base64": base64.b64encode(mp3).decode()}
-        self.on_event(StreamEvent("audio", data))
-
-
-def _pieces(stream: ReplyStream, splitter: SentenceSplitter) -> Iterator[str]:
-    """The reply's pieces to speak, each as soon as it is complete."""
-    for delta in stream:
-        yield from splitter.feed(delta)
-    yield from splitter.flush()
+        for event in turn.events():  # a failure before the first event is raised as is
+            if event.name == "error":
+                raise StreamFailed(event.data["code"], event.data["error"])
+            if event.name == "audio" and first_audio_ms is None:
+                first_audio_ms = _ms_since(started)
+            on_event(StreamEvent(event.name, event.data))
+            if event.name == "done":
+                return StreamResult(event.data, first_audio_ms, _ms_since(started))
+    raise StreamFailed("internal", "the reply ended without its end")
 
 
 def _refuse_budget(applies: object, budget: str) -> None:

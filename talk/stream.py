@@ -109,7 +109,7 @@ async def _answer(req: Request, rid: str, arrived: float) -> Any:
     if accepted.too_late():
         await accepted.abandon()
         return _error(503, "processing is unavailable, retry shortly", rid, "unavailable")
-    turn = StreamedTurn(accepted, arrived)
+    turn = StreamedTurn.of(accepted, arrived)
     events = _pump(turn)
     first = await events.__anext__()
     if isinstance(first, TalkError):  # before the first byte: /talk's answer
