@@ -98,10 +98,17 @@ class Accepted:
 
 
 async def accept(
-    headers: Mapping[str, str], body: bytes, rid: str, status_of: StatusOf
+    headers: Mapping[str, str],
+    body: bytes,
+    rid: str,
+    status_of: StatusOf,
+    *,
+    endpoint: str = "talk",
 ) -> Accepted | Joined:
     """Accept the request `headers` and `body` as `rid`; a TalkError says why not (and
-    nothing of it is kept)."""
+    nothing of it is kept). `endpoint` is part of what makes two requests the same: a
+    retry joins a turn of its own endpoint only (each answers in its own way, and the
+    streaming app cannot see `/talk`'s turns)."""
     settings = get_settings()
     caller = await asyncio.to_thread(identify, headers, settings)
     # Counted before anything is parsed, stored or sent to a provider.
@@ -142,7 +149,10 @@ async def accept(
             )
         )
         if key or window is not None:
-            print_ = await asyncio.to_thread(fingerprint, talk_input.audio, talk_input.fields())
+            fields = talk_input.fields()
+            if endpoint != "talk":  # /talk's own fingerprints stay as they were
+                fields = {**fields, "endpoint": endpoint}
+            print_ = await asyncio.to_thread(fingerprint, talk_input.audio, fields)
             key = key or duplicate_key(caller.retry_scope, print_)
             claim = await asyncio.to_thread(records.claim, caller.owner, key, rid, print_)
             if not claim.mine:

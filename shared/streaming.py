@@ -64,10 +64,20 @@ class Event:
     data: dict[str, Any]
 
 
+# A turn takes seconds; one still going after this (a provider that trickles, a client
+# that reads slowly) stops, well before its record would count as dead (turns.STALE_S).
+MAX_TURN_S = 120.0
+
+
 class Cancelled(Exception):
     """The client went away."""
 
     code = turns.CLIENT_CLOSED
+
+
+class TurnTooLong(TalkError):
+    status = 504
+    code = "timed_out"
 
 
 @dataclass
@@ -221,7 +231,7 @@ class StreamedTurn:
                     else:
                         # A stream closed for a client that went away ends as a whole one does.
                         self._check_open()
-                        for piece in splitter.flush():
+                        for piece in _finished(splitter.flush(), reply):
                             yield from self._say(piece, reply, synthesizer, language)
                     reply.complete = True
             finally:
@@ -309,6 +319,10 @@ class StreamedTurn:
                 made.append(mp3)
                 yield mp3
         except (ProviderError, MissingSecret, BudgetExhausted, StorageUnavailable) as error:
+            if made:  # the paid voice began it, and bills it: it counts
+                tts_characters(session.name, len(text))
+                if budget:
+                    budgets(settings).charge(TTS_CHARACTERS, budget, len(text), share)
             if settings.tts_fallback != "piper" or not session.billed:
                 raise
             log.warning(
@@ -342,6 +356,8 @@ class StreamedTurn:
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise Cancelled
+        if time.perf_counter() - self._started > MAX_TURN_S:
+            raise TurnTooLong(f"the reply took more than {MAX_TURN_S:g} s; ask again")
 
     # --- recording it ----------------------------------------------------------------------
 
@@ -406,6 +422,8 @@ class StreamedTurn:
         if not self._recorded:
             return
         try:
+            # An erasure that began meanwhile keeps what it erased erased: no record.
+            check_not_raced(self.job.get("erasure_marks") or {}, self.settings)
             turns.finish(self._record, outcome, self.settings)
         except TalkError as error:
             log.error("[%s] streamed turn not recorded: %s", self.rid, error.message)
@@ -427,6 +445,14 @@ def _client_error(error: TalkError) -> dict[str, Any]:
     if isinstance(retry_after, int):
         body["retry_after"] = retry_after
     return body
+
+
+def _finished(pieces: list[str], reply: _Reply) -> list[str]:
+    """The reply's last pieces, less one the model left unfinished (its token limit) when
+    something was said before it: `/talk` drops that sentence too."""
+    if pieces and (reply.said or len(pieces) > 1) and not _ends_sentence(pieces[-1]):
+        return pieces[:-1]
+    return pieces
 
 
 def _ends_sentence(sentence: str) -> bool:

@@ -263,10 +263,12 @@ async def _wait_for_completion(
     delay = POLL_S
     while True:
         status = await client.get_status(rid)
-        if status is None or status.runtime_status is None:
-            return None  # not an orchestration: a streamed turn, or none
+        exists = status is not None and status.runtime_status is not None
+        if not exists and await asyncio.to_thread(turns.find, rid, get_settings()):
+            return None  # a streamed turn
         now = time.perf_counter()
-        if status.runtime_status in _DONE or now + delay > deadline:
+        # No instance yet: a retry that overtook this request may still be starting it.
+        if (exists and status.runtime_status in _DONE) or now + delay > deadline:
             return status
         await asyncio.sleep(delay)
         if now > fast_until:

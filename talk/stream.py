@@ -24,6 +24,7 @@ from urllib.parse import quote
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, StreamingResponse
 from opentelemetry.trace import SpanKind
+from requests.structures import CaseInsensitiveDict
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
@@ -44,6 +45,8 @@ log = logging.getLogger("talk")
 SSE, MP3, JSON = "text/event-stream", "audio/mpeg", "application/json"
 _END = object()
 EVENTS_AHEAD = 8  # a sentence's text and a few audio pieces
+# A client that takes no event for this long has stopped reading: its turn stops.
+CLIENT_STALL_S = 20.0
 NOT_ACCEPTABLE = "Accept must allow text/event-stream or audio/mpeg"
 
 
@@ -95,13 +98,26 @@ async def _ending(body: AsyncIterator[Any], span: Any) -> AsyncIterator[Any]:
 
 
 async def _answer(req: Request, rid: str, arrived: float) -> Any:
+    """The answer; anything unexpected a JSON `500 internal`, never an empty one."""
+    try:
+        return await _answer_stream(req, rid, arrived)
+    except TalkError as error:  # storage trouble while replaying, say
+        return _refused(error, rid)
+    except Exception as error:
+        log.error("[%s] /talk/stream failed unexpectedly: %s", rid, type(error).__name__)
+        return _error(500, "the request failed, try again", rid, "internal")
+
+
+async def _answer_stream(req: Request, rid: str, arrived: float) -> Any:
     media = _preferred(req.headers.get("Accept"))
     if media is None:
         return _error(
             406, "Accept must allow text/event-stream or audio/mpeg", rid, "not_acceptable"
         )
     try:
-        accepted = await accept(req.headers, await req.body(), rid, streamed_status)
+        accepted = await accept(
+            _joined(req.headers), await req.body(), rid, streamed_status, endpoint="talk/stream"
+        )
     except TalkError as error:
         return _refused(error, rid)
     if isinstance(accepted, Joined):
@@ -144,15 +160,21 @@ async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     context = contextvars.copy_context()
-    # The turn runs at most this many events ahead of what the client has taken: one that
-    # stops reading (or left, unnoticed until a write fails) stops the model and the voice
-    # too, rather than having the whole reply made and paid for.
+    # The turn runs at most this many events ahead of what the client has taken, beyond what
+    # the sockets and proxies between them buffer (a reply's worth, often): one that stops
+    # reading holds the turn there, and after CLIENT_STALL_S the turn stops.
     ahead = threading.Semaphore(EVENTS_AHEAD)
     closed = threading.Event()
 
     def hand_over(item: object) -> None:
+        waited = 0.0
         while not ahead.acquire(timeout=0.5):
+            waited += 0.5
             if closed.is_set():
+                return
+            if waited >= CLIENT_STALL_S:  # not reading: as good as gone, and it holds the
+                closed.set()  # model's lock or a voice slot while it waits
+                turn.close()
                 return
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
@@ -210,7 +232,11 @@ def _sse_line(event: Event) -> str:
 
 
 def _mp3_headers(meta: dict[str, Any]) -> dict[str, str]:
-    headers = {"X-Request-Id": meta["request_id"], "Cache-Control": "no-cache"}
+    headers = {
+        "X-Request-Id": meta["request_id"],
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
     if meta.get("transcript") is not None:
         headers["X-Transcript"] = quote(meta["transcript"], safe="")
     if meta.get("language"):
@@ -261,6 +287,13 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 async def _once_each(lines: Iterator[str]) -> AsyncIterator[str]:
     for line in lines:
         yield line
+
+
+def _joined(headers: Any) -> CaseInsensitiveDict[str]:
+    """The headers as the classic functions get them: a header sent on several lines is one
+    value, its lines joined (Starlette's `get` would take the first line alone, and the first
+    `X-Forwarded-For` line is the client's to write)."""
+    return CaseInsensitiveDict({name: ", ".join(headers.getlist(name)) for name in headers})
 
 
 def _preferred(accept_header: str | None) -> str | None:

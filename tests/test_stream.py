@@ -794,3 +794,61 @@ def test_a_list_counts_its_sentences_as_talk_does(stream_front, paid, streaming)
     # lines did not use up its three sentences.
     assert texts[:3] == ["Here are three books.", "Dune.", "Emma."], texts
     assert texts[-1] == "Bye now." and "Ulysses" in " ".join(texts)
+
+
+def test_a_key_used_on_talk_is_refused_on_the_stream(
+    stream_front, main_front, paid, streaming
+) -> None:
+    """The streaming app cannot see `/talk`'s turns: the same key there would run and bill
+    the turn again. The endpoint is part of the request, so it is a reused key instead."""
+    question = json.dumps({"text": "What is a good way to relax?"}).encode()
+    key = {"Content-Type": JSON, "Idempotency-Key": "both-endpoints-0001"}
+    connection, response = Client(main_front).open("POST", "/talk", question, **key)
+    with closing(connection):
+        read(response)  # answered or not (the chat stand-in streams): the key is claimed
+    streamed = Client(stream_front).talk(question, **key)
+    assert streamed.status == 422, streamed.body
+    assert streamed.json()["code"] == "idempotency_key_reused"
+
+
+def test_a_reply_cut_at_the_token_limit_ends_at_its_last_whole_sentence(
+    stream_front, paid, streaming
+) -> None:
+    """`/talk` drops the sentence the model's token limit cut off; so does the stream."""
+    cut = (*SENTENCES[:2], "And then the knight rode towards the")
+    paid.chat.script = [streamed(chat_pieces(cut))]
+    answer = Client(stream_front).ask("Tell me a story")
+    assert [t["text"] for t in answer.named("text")] == list(SENTENCES[:2])
+    assert answer.done["text"] == " ".join(SENTENCES[:2])
+
+
+def test_a_header_sent_twice_is_read_whole(stream_front, streaming) -> None:
+    """A second `X-Forwarded-For` line is the client's own: the address counted is the
+    joined value's, as the classic functions see it, not the first line alone."""
+    from talk.stream import _joined
+
+    class Lines:
+        def __init__(self, lines: list[tuple[str, str]]) -> None:
+            self.lines = lines
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(dict.fromkeys(name for name, _ in self.lines))
+
+        def getlist(self, name: str) -> list[str]:
+            return [value for key, value in self.lines if key == name]
+
+    joined = _joined(Lines([("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.7")]))
+    assert joined.get("X-Forwarded-For") == "6.6.6.6, 203.0.113.7"
+
+
+def test_anything_unexpected_is_a_json_500(stream_front, streaming, monkeypatch) -> None:
+    import talk.stream
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(talk.stream, "_preferred", broken)
+    answer = Client(stream_front).ask("Hello")
+    assert answer.status == 500
+    body = answer.json()
+    assert body["code"] == "internal" and body["request_id"] and "bug" not in body["error"]

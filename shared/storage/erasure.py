@@ -116,10 +116,11 @@ def erase(scope: Scope, request_ids: list[str], settings: Settings) -> None:
     uploads and replies, the request-id claims, and the conversation or conversations; for
     a whole owner also its idempotency records and cached replies and speech."""
     store = blob_store(settings)
-    store.delete_prefix(scope.prefix)
+    # What lies outside the prefix first: the prefix is how a retried erasure finds them.
     for rid in request_ids:
         store.delete(f"request-ids/{rid}")
         store.delete(turns.index_name(rid))  # a streamed turn's index
+    store.delete_prefix(scope.prefix)
     conversations = conversation_store(settings)
     if scope.conversation_id:
         conversations.delete(scope.owner, scope.conversation_id)
