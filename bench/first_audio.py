@@ -74,6 +74,8 @@ COMMON_ENV = {
     "DUPLICATE_WINDOW_SECONDS": "0",
     "RATE_LIMIT_PER_ADDRESS_PER_MINUTE": "1000000",
     "PYTHON_ENABLE_INIT_INDEXING": "1",  # the streaming app's setting, as in Azure
+    # The whole answer, however long a loaded machine takes, rather than a 504 to follow.
+    "TALK_WAIT_SECONDS": "230",
 }
 
 

@@ -262,12 +262,12 @@ def test_an_unexpected_failure_in_a_stage_is_500_internal_without_retries(
 def test_an_unexpected_failure_in_an_http_function_is_a_json_500(
     app_settings, host, monkeypatch
 ) -> None:
-    import talk.api
+    import shared.accept
 
     def broken(*args, **kwargs):
         raise KeyError("internals")
 
-    monkeypatch.setattr(talk.api, "open_conversation", broken)
+    monkeypatch.setattr(shared.accept, "open_conversation", broken)
     response = post(host, b'{"text": "hi"}', JSON)
     assert response.status_code == 500
     assert body_of(response)["code"] == "internal"
