@@ -86,6 +86,18 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), 1), "p95": round(p95, 1)}
 
 
+def stand_in_settings(chat_url: str, speech_url: str) -> dict[str, str]:
+    """The settings that send the model's and the voice's calls to loopback stand-ins."""
+    return {
+        "LLM_PROVIDER": "openai",
+        "LLM_BASE_URL": f"{chat_url}/v1",
+        "LLM_MODEL": "bench",
+        "TTS_PROVIDER": "elevenlabs",
+        "ELEVENLABS_BASE_URL": speech_url,
+        "ELEVENLABS_API_KEY": "sk_bench_0123456789abcdef",
+    }
+
+
 @contextlib.contextmanager
 def stand_in_providers(job: dict[str, Any], **settings: str) -> Iterator[None]:
     """The chat API and ElevenLabs as loopback stand-ins of fixed latency, set up in this
@@ -94,12 +106,7 @@ def stand_in_providers(job: dict[str, Any], **settings: str) -> Iterator[None]:
     with chat, speech:
         os.environ.update(
             {
-                "LLM_PROVIDER": "openai",
-                "LLM_BASE_URL": f"{chat.url}/v1",
-                "LLM_MODEL": "bench",
-                "TTS_PROVIDER": "elevenlabs",
-                "ELEVENLABS_BASE_URL": speech.url,
-                "ELEVENLABS_API_KEY": "sk_bench_0123456789abcdef",
+                **stand_in_settings(chat.url, speech.url),
                 # Every request takes the whole path: nothing is answered from the cache,
                 # and the same upload sent again is a new turn, not a duplicate (what that
                 # check costs is in request_checks).

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.end_to_end import percentiles
+from bench.end_to_end import percentiles, stand_in_settings
 
 # The chat stand-in's reply: three sentences (REPLY_MAX_SENTENCES), one token a word.
 REPLY = (
@@ -180,12 +180,7 @@ def providers(kind: str) -> Iterator[dict[str, Any]]:
         os.environ.update(
             {
                 **COMMON_ENV,
-                "LLM_PROVIDER": "openai",
-                "LLM_BASE_URL": f"{chat.url}/v1",
-                "LLM_MODEL": "bench",
-                "TTS_PROVIDER": "elevenlabs",
-                "ELEVENLABS_BASE_URL": speech.url,
-                "ELEVENLABS_API_KEY": "sk_bench_0123456789abcdef",
+                **stand_in_settings(chat.url, speech.url),
                 "ELEVENLABS_OUTPUT_FORMAT": "mp3_22050_32",
             }
         )

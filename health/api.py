@@ -18,6 +18,7 @@ from shared.pipeline import new_request_id, speak_back
 from shared.providers import active_providers, default_secrets, required_secrets
 from shared.storage import blob_store
 from shared.storage.conversations import conversation_store
+from talk.responses import error_response
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -58,15 +59,16 @@ def health_speech(req: func.HttpRequest) -> func.HttpResponse:
         heard, speech = speak_back(audio, request_id=rid, settings=get_settings())
     except TalkError as error:
         if error.status < 500:  # the recording: the sender's to fix
-            return _refused(rid, error.status, error.message, error.code)
+            return error_response(error.status, error.message, rid, error.code)
         # A model the deploy did not ship (ConfigError), a spent CPU budget: the app's.
         log.warning("[%s] self-check failed: %s", rid, error.message)
         retry = {"Retry-After": str(error.retry_after_s)} if isinstance(error, RetryLater) else {}
-        return _refused(rid, 503, f"self-check failed: {error.message}", "self_check_failed", retry)
+        message = f"self-check failed: {error.message}"
+        return error_response(503, message, rid, "self_check_failed", retry)
     except Exception as error:  # what the check is for: a model or library the deploy broke
         log.exception("[%s] self-check failed", rid)
         message = f"self-check failed: {type(error).__name__}"
-        return _refused(rid, 503, message, "self_check_failed")
+        return error_response(503, message, rid, "self_check_failed")
     return _json(
         {
             "status": "ok",
@@ -114,16 +116,5 @@ def forget_readiness() -> None:
         _ready_cache = None
 
 
-def _json(
-    body: dict[str, object], status: int, headers: dict[str, str] | None = None
-) -> func.HttpResponse:
-    return func.HttpResponse(
-        json.dumps(body), status_code=status, mimetype="application/json", headers=headers
-    )
-
-
-def _refused(
-    rid: str, status: int, message: str, code: str, headers: dict[str, str] | None = None
-) -> func.HttpResponse:
-    body = {"error": message, "code": code, "request_id": rid}
-    return _json(body, status, {"X-Request-Id": rid, **(headers or {})})
+def _json(body: dict[str, object], status: int) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")

@@ -399,8 +399,9 @@ async def _erase(
     await asyncio.to_thread(erasure.begin, scope, settings)
     request_ids = await asyncio.to_thread(erasure.request_ids, scope, settings)
     try:
+        status_of = durable_status(client)  # an orchestration or a streamed turn
         for rid in request_ids:
-            status = await durable_status(client)(rid)  # an orchestration or a streamed turn
+            status = await status_of(rid)
             if (status.exists and not status.done) or (
                 not status.exists
                 and await asyncio.to_thread(erasure.starting, rid, settings, CLAIM_GRACE_S)
