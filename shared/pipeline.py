@@ -8,15 +8,19 @@ tests. Every stage is timed and logs the operator lines of the original backend.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from shared.answer import TalkResult
 from shared.audio import decode_isolated
 from shared.config import Settings
 from shared.errors import NoInput, NoSpeech, ProviderError, TextTooLong
+from shared.languages import offline_reply, split_notice
 from shared.llm import (
     ChatMessage,
     ReplyGenerator,
@@ -29,6 +33,7 @@ from shared.llm.speech_text import clean_for_speech
 from shared.providers import default_secrets
 from shared.security.budget import (
     LLM_TOKENS,
+    STT_SECONDS,
     TTS_CHARACTERS,
     BudgetExhausted,
     Share,
@@ -40,9 +45,9 @@ from shared.security.secrets import MissingSecret, SecretStore
 from shared.storage import StorageUnavailable
 from shared.storage.cache import cache_key, response_cache
 from shared.storage.conversations import conversation_store, new_turn
-from shared.stt import get_transcriber
+from shared.stt import Transcriber, Transcript, get_transcriber, local_transcriber
 from shared.telemetry import log_content, stage_span
-from shared.telemetry.metrics import cache_lookup, llm_tokens, tts_characters
+from shared.telemetry.metrics import cache_lookup, llm_tokens, stt_seconds, tts_characters
 from shared.tts import SpeechSynthesizer, embedded_synthesizer, get_synthesizer
 
 log = logging.getLogger("talk")
@@ -90,19 +95,35 @@ class TalkRequest:
 
 
 def transcribe(
-    audio: bytes, *, request_id: str, settings: Settings, language: str | None = None
+    audio: bytes,
+    *,
+    request_id: str,
+    settings: Settings,
+    language: str | None = None,
+    secrets: SecretStore | None = None,
+    spender: str | None = None,
 ) -> Transcription:
+    """The words in `audio`. `spender` is whose share of the daily budget a paid
+    transcription counts against."""
     started = time.perf_counter()
     with stage_span("stt", request_id) as span:
         decoded = decode_isolated(
             audio, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds
         )
         span.set(audio_seconds=round(decoded.duration_s, 3))
-        transcriber = get_transcriber(settings)
-        span.set(provider=transcriber.name, model=settings.whisper_model)
-        result = transcriber.transcribe(
-            decoded.samples, language=language or settings.whisper_language or None
+        transcriber = get_transcriber(settings, secrets)
+        transcriber, result = _hear(
+            transcriber,
+            decoded.samples,
+            language or settings.whisper_language or None,
+            request_id,
+            settings,
+            share_of(spender, settings),
         )
+        model = settings.hf_stt_model if transcriber.billed else settings.whisper_model
+        span.set(provider=transcriber.name, model=model)
+        if result.billed_s:
+            span.set(stt_billed_seconds=round(result.billed_s, 3))
         elapsed = time.perf_counter() - started
         if not result.text:
             log.info("[%s] STT found no speech in %.2fs of audio", request_id, decoded.duration_s)
@@ -117,6 +138,40 @@ def transcribe(
         elapsed_ms=_ms(elapsed),
         provider=transcriber.name,
     )
+
+
+def _hear(
+    transcriber: Transcriber,
+    samples: np.ndarray,
+    language: str | None,
+    request_id: str,
+    settings: Settings,
+    share: Share | None,
+) -> tuple[Transcriber, Transcript]:
+    """`samples` transcribed by `transcriber`, or by the local model when the paid one
+    fails, is not configured, or has spent the day's budget."""
+    budget = settings.stt_daily_seconds_budget if transcriber.billed else 0
+    try:
+        if budget:
+            budgets(settings).check(STT_SECONDS, budget, share)
+        result = transcriber.transcribe(samples, language=language)
+    except (ProviderError, MissingSecret, BudgetExhausted, StorageUnavailable) as error:
+        if not transcriber.billed:
+            raise
+        log.warning(
+            "[%s] STT %s failed (%s): transcribing with the local model",
+            request_id,
+            transcriber.name,
+            error,
+        )
+        transcriber = local_transcriber(settings)
+        return transcriber, transcriber.transcribe(samples, language=language)
+    if result.billed_s:
+        stt_seconds(transcriber.name, result.billed_s)
+        if budget:
+            charged = math.ceil(result.billed_s)
+            budgets(settings).charge(STT_SECONDS, budget, charged, share)
+    return transcriber, result
 
 
 def generate(
@@ -140,6 +195,16 @@ def generate(
     with stage_span("llm", request_id) as span:
         generator = get_generator(settings, secrets or default_secrets(settings))
         span.set(provider=generator.name, model=generator.model)
+        if language and not generator.writes(language):
+            text = offline_reply(language)
+            log.info(
+                "[%s] LLM %s does not write %r: the offline reply",
+                request_id,
+                generator.name,
+                language,
+            )
+            span.set(reply_chars=len(text), reply=text)
+            return Reply(text, _ms(time.perf_counter() - started), generator.name)
         system_prompt = system_prompt_for(settings, system_prompt, language)
         # A warm assistant need not say the same thing twice: replies are cached only on
         # request, and never within a conversation.
@@ -266,7 +331,11 @@ def synthesize(
                 log.info("[%s] TTS cache hit in %.2fs bytes=%d", request_id, elapsed, len(hit))
                 return Speech(hit, _ms(elapsed), synthesizer.name, cached=True)
         share = share_of(spender, settings)
-        synthesizer, mp3 = _speak(synthesizer, text, voice, language, request_id, settings, share)
+        # Two languages: the paid voice hears them itself.
+        mixed = synthesizer.billed and bool(split_notice(text, language)[0])
+        synthesizer, mp3 = _speak(
+            synthesizer, text, voice, None if mixed else language, request_id, settings, share
+        )
         span.set(provider=synthesizer.name)
         tts_characters(synthesizer.name, len(text))
         if cache:
@@ -317,7 +386,9 @@ def speak_back(
     and said back by the embedded voice. What a deploy can break on the way to an answer (the
     package, its models, the decoder, the MP3 encoder) without a paid call, a budget, or
     anything stored."""
-    heard = transcribe(audio, request_id=request_id, settings=settings)
+    # Heard by the local model: the check must not spend the paid one's budget.
+    local = replace(settings, stt_provider="local")
+    heard = transcribe(audio, request_id=request_id, settings=local)
     started = time.perf_counter()
     with stage_span("tts", request_id) as span:
         voice = embedded_synthesizer(settings, heard.language)

@@ -27,7 +27,7 @@ def tts_provider(settings: Settings, secrets: SecretStore) -> str:
 
 def active_providers(settings: Settings, secrets: SecretStore) -> dict[str, str]:
     return {
-        "stt": settings.stt_engine,
+        "stt": "huggingface" if settings.stt_provider == "huggingface" else settings.stt_engine,
         "llm": llm_provider(settings, secrets),
         "tts": tts_provider(settings, secrets),
     }
@@ -36,7 +36,7 @@ def active_providers(settings: Settings, secrets: SecretStore) -> dict[str, str]
 def required_secrets(settings: Settings) -> dict[str, str]:
     """Secrets that explicitly chosen providers cannot work without: name -> provider."""
     needed = {}
-    if settings.llm_provider == "huggingface":
+    if settings.llm_provider == "huggingface" or settings.stt_provider == "huggingface":
         needed["HF_API_TOKEN"] = "huggingface"
     if settings.tts_provider == "elevenlabs":
         needed["ELEVENLABS_API_KEY"] = "elevenlabs"

@@ -29,6 +29,7 @@ from typing import Any
 from shared.accept import Accepted
 from shared.config import Settings
 from shared.errors import ProviderError, TalkError
+from shared.languages import offline_reply, split_notice
 from shared.llm import ReplyStream, get_generator
 from shared.llm.sentences import CLOSERS, TERMINATORS, SentenceSplitter, split_sentences
 from shared.llm.speech_text import clean_for_speech
@@ -202,11 +203,18 @@ class StreamedTurn:
         )
         self._check_open()
         check_not_raced(marks, settings)  # before anything is spent on the reply
+        reply = _Reply()
+        synthesizer = get_synthesizer(settings, secrets_, language)
+        if language and not generator.writes(language):
+            # The embedded model neither reads nor writes it: the offline reply, said
+            # sentence by sentence as a model's would be.
+            for sentence in split_notice(offline_reply(language), language):
+                yield from self._say(sentence, reply, synthesizer, language)
+            yield from self._end(question, transcript, language, reply)
+            return
         system_prompt = system_prompt_for(settings, job.get("system_prompt"), language)
         history = conversation["history"] if conversation else []
         messages = chat_messages(generator, settings, system_prompt, question, history)
-        reply = _Reply()
-        synthesizer = get_synthesizer(settings, secrets_, language)
         llm_started = time.perf_counter()
         tokens = 0
         with stage_span("llm", self.rid) as span:
@@ -243,6 +251,12 @@ class StreamedTurn:
         self._timings["llm"] = _ms(time.perf_counter() - llm_started) - self._timings["tts"]
         if not reply.said:
             raise ProviderError(generator.name, "the model gave an empty reply")
+        yield from self._end(question, transcript, language, reply)
+
+    def _end(
+        self, question: str, transcript: str | None, language: str | None, reply: _Reply
+    ) -> Iterator[Event]:
+        """The reply's last audio, kept, and the `done` event."""
         if self._session is not None:
             tail = self._session.finish()
             if tail:
@@ -258,7 +272,11 @@ class StreamedTurn:
         if audio is None:
             return checked_question(job["text"], settings), job.get("language"), None
         heard = transcribe(
-            audio, request_id=self.rid, settings=settings, language=job.get("language")
+            audio,
+            request_id=self.rid,
+            settings=settings,
+            language=job.get("language"),
+            spender=job.get("spender"),
         )
         self._timings["stt"] = heard.elapsed_ms
         self._stt_provider = heard.provider

@@ -292,6 +292,10 @@ def _stream(
         get_synthesizer(settings, secrets).billed and settings.tts_daily_character_budget,
         "TTS_DAILY_CHARACTER_BUDGET",
     )
+    _refuse_budget(
+        settings.stt_provider == "huggingface" and settings.stt_daily_seconds_budget,
+        "STT_DAILY_SECONDS_BUDGET",
+    )
     job = {
         "request_id": request.request_id,
         "owner": SHARED_OWNER,

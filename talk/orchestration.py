@@ -258,7 +258,11 @@ def transcribe_activity(job: dict[str, Any]) -> dict[str, Any]:
         check_not_raced(job.get("erasure_marks") or {}, settings)
         audio = blob_store(settings).get(job["blob"])
         heard = transcribe(
-            audio, request_id=job["request_id"], settings=settings, language=job.get("language")
+            audio,
+            request_id=job["request_id"],
+            settings=settings,
+            language=job.get("language"),
+            spender=job.get("spender"),
         )
         return {
             "text": heard.text,

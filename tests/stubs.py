@@ -6,11 +6,16 @@ answers from a script of responses, then from its default.
 
 from __future__ import annotations
 
+import base64
+import io
 import ssl
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from tools.devhost.loopback import LoopbackServer
 from tools.devhost.loopback import Recorded as Recorded
@@ -47,6 +52,34 @@ def chat_completion(content: str) -> Callable[[Recorded], Reply]:
 def elevenlabs_speech(mp3: bytes) -> Callable[[Recorded], Reply]:
     def answer(request: Recorded) -> Reply:
         return Reply(200, mp3, {"Content-Type": "audio/mpeg"})
+
+    return answer
+
+
+def speech_recognition(
+    transcribe: Callable[[np.ndarray, str | None], str],
+) -> Callable[[Recorded], Reply]:
+    """The Hugging Face router's automatic-speech-recognition task (`hf-inference`): a JSON
+    body with the audio in base64 `inputs` and `parameters.generation_parameters`, answered
+    `{"text": ...}`; a body it cannot read is a 400 `{"error": ...}`, as the inference
+    toolkit answers. `transcribe` hears the audio (16 kHz mono) in the language asked."""
+
+    def answer(request: Recorded) -> Reply:
+        body = request.body if isinstance(request.body, dict) else {}
+        try:
+            audio = base64.b64decode(body["inputs"], validate=True)
+            with wave.open(io.BytesIO(audio)) as file:
+                if (file.getframerate(), file.getnchannels(), file.getsampwidth()) != (
+                    16_000,
+                    1,
+                    2,
+                ):
+                    raise ValueError("not 16 kHz mono 16-bit")
+                pcm = np.frombuffer(file.readframes(file.getnframes()), dtype="<i2")
+        except (KeyError, TypeError, ValueError, wave.Error, EOFError) as error:
+            return Reply.json(400, {"error": f"Malformed soundfile: {error}"})
+        language = (body.get("parameters") or {}).get("generation_parameters", {}).get("language")
+        return Reply.json(200, {"text": " " + transcribe(pcm / 32768.0, language)})
 
     return answer
 

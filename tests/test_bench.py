@@ -18,6 +18,7 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "repeats",
         "stt",
         "stt_models",
+        "speech_quality",
         "round_trip",
         "cold_start",
         "throughput",
@@ -36,7 +37,11 @@ def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "speed_ratio",
     }
     assert set(saved["stt_models"]["english"]) == {"tiny.en", "base"}
-    assert saved["stt_models"]["finnish"]["base"]["heard_as_finnish"] == "2/2"
+    quality = {(r["model"], r["set"], r["condition"]): r for r in saved["speech_quality"]["rows"]}
+    assert quality["base (default)", "real en", "as recorded"]["no_speech"] == 0
+    assert quality["base (default)", "real fi", "as recorded"]["no_speech"] == 0
+    assert quality["base (default)", "real fi", "as recorded"]["wrong_language"] == 0
+    assert "| base (default) | real fi |" in (tmp_path / "latest.md").read_text()
     assert saved["cold_start"]["models_loaded_at_health"] is False
     assert saved["cold_start"]["talk_status"] == 200
     assert saved["throughput"]["model_loads"] == {"whisper": 1, "llm": 1, "piper": 1}

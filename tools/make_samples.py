@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools import espeak_speech
+from shared.tts import espeak
 from tools.phone_audio import encode, speak
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -19,7 +19,7 @@ FINNISH_SAMPLE_QUESTION = "Mihin aikaan apteekki sulkeutuu sunnuntaisin?"
 def main() -> None:
     for name, (pcm, rate) in (
         ("question.m4a", speak(SAMPLE_QUESTION)),
-        ("kysymys.m4a", espeak_speech.speak(FINNISH_SAMPLE_QUESTION)),
+        ("kysymys.m4a", espeak.speak(FINNISH_SAMPLE_QUESTION)),
     ):
         out = SAMPLES / name
         out.write_bytes(encode(pcm, rate, "m4a"))

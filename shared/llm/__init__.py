@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from shared.config import Settings
 from shared.errors import TextTooLong
+from shared.languages import name_of
 
 if TYPE_CHECKING:
     from shared.security.secrets import SecretStore
@@ -107,6 +108,10 @@ class ReplyGenerator(Protocol):
         once iteration ends; `close()` stops the generation (a client went away)."""
         ...
 
+    def writes(self, language: str) -> bool:
+        """Whether the model writes `language` (a code) well enough to answer in it."""
+        ...
+
     def room(self, max_tokens: int) -> int:
         """How much of the chat fits the model's context beside a reply of `max_tokens`,
         in the units `size` measures."""
@@ -173,29 +178,11 @@ def compose_system_prompt(operator: str, client: str | None, mode: str) -> str:
     return operator + _CLIENT_PROMPT_FRAME.format(capped)
 
 
-LANGUAGE_NAMES = {
-    "fi": "Finnish",
-    "en": "English",
-    "sv": "Swedish",
-    "de": "German",
-    "fr": "French",
-    "es": "Spanish",
-    "et": "Estonian",
-    "ru": "Russian",
-    "no": "Norwegian",
-    "da": "Danish",
-    "it": "Italian",
-    "nl": "Dutch",
-    "pl": "Polish",
-    "pt": "Portuguese",
-}
-
-
 def language_instruction(language: str | None) -> str:
     """What tells the model the language to answer in: the one the user spoke."""
     if not language:
         return ""
-    name = LANGUAGE_NAMES.get(language, f"the language with the code {language!r}")
+    name = name_of(language)
     return f" The user speaks {name}: reply in {name}."
 
 
@@ -207,7 +194,11 @@ def get_generator(settings: Settings, secrets: SecretStore) -> ReplyGenerator:
     if provider == "local":
         from shared.llm.llamacpp import LlamaCppGenerator, load_llama
 
-        return LlamaCppGenerator(load_llama(settings.local_llm_path), settings.reply_max_sentences)
+        return LlamaCppGenerator(
+            load_llama(settings.local_llm_path),
+            settings.reply_max_sentences,
+            settings.local_llm_language_list,
+        )
 
     from shared.llm.openai_chat import OpenAIChatGenerator
 

@@ -34,10 +34,19 @@ class LlamaCppGenerator:
     name = "local"
     billed = False
 
-    def __init__(self, loaded: tuple[Llama, threading.Lock], max_sentences: int) -> None:
+    def __init__(
+        self,
+        loaded: tuple[Llama, threading.Lock],
+        max_sentences: int,
+        languages: tuple[str, ...] = ("en",),
+    ) -> None:
         self._llama, self._lock = loaded
         self._max_sentences = max_sentences
+        self._languages = languages
         self.model = Path(self._llama.model_path).name
+
+    def writes(self, language: str) -> bool:
+        return "*" in self._languages or language in self._languages
 
     def room(self, max_tokens: int) -> int:
         return CONTEXT_TOKENS - max_tokens - _MESSAGE_OVERHEAD_TOKENS

@@ -28,6 +28,9 @@ class OpenAIChatGenerator:
         self._http = http
         self.model = model
 
+    def writes(self, language: str) -> bool:
+        return True  # the hosted models answer in the languages users speak
+
     def room(self, max_tokens: int) -> int:
         return CONTEXT_CHARS
 

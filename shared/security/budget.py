@@ -1,9 +1,10 @@
 """Daily spending budgets for the paid providers, counted in Table Storage.
 
-`TTS_DAILY_CHARACTER_BUDGET` caps what the paid voice speaks and `LLM_DAILY_TOKEN_BUDGET`
-what the remote model uses, per UTC day and across every instance. A budget is checked
-before the provider is called and charged after it answered, so a day can overshoot by
-the requests in flight when it runs out, never by more. A warning is logged when a day's
+`TTS_DAILY_CHARACTER_BUDGET` caps what the paid voice speaks, `LLM_DAILY_TOKEN_BUDGET`
+what the remote model uses and `STT_DAILY_SECONDS_BUDGET` what the remote STT hears, per
+UTC day and across every instance. A budget is checked before the provider is called and
+charged after it answered, so a day can overshoot by the requests in flight when it runs
+out, never by more. A warning is logged when a day's
 use crosses 80%, once across every instance.
 
 With `BUDGET_SHARE_PER_CALLER` below 1, each spender (a client address in key mode, a
@@ -42,6 +43,7 @@ WARN_AT = 0.8
 SHARDS = 8
 TTS_CHARACTERS = "tts-characters"
 LLM_TOKENS = "llm-tokens"
+STT_SECONDS = "stt-seconds"
 
 
 class BudgetExhausted(RetryLater):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class OpenAIWhisperTranscriber:
     name = "openai-whisper"
+    billed = False
 
     def __init__(self, loaded: tuple[Whisper, threading.Lock], beam_size: int) -> None:
         self._model, self._lock = loaded

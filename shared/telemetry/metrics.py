@@ -11,6 +11,7 @@ STAGE_DURATION = "talk.stage.duration"
 REQUESTS = "talk.requests"
 TTS_CHARACTERS = "talk.tts.characters"
 LLM_TOKENS = "talk.llm.tokens"
+STT_SECONDS = "talk.stt.seconds"
 CACHE_LOOKUPS = "talk.cache.lookups"
 COLD_STARTS = "talk.cold_starts"
 PROVIDER_THROTTLED = "talk.provider.throttled"
@@ -23,6 +24,7 @@ NAMES = frozenset(
         REQUESTS,
         TTS_CHARACTERS,
         LLM_TOKENS,
+        STT_SECONDS,
         CACHE_LOOKUPS,
         COLD_STARTS,
         PROVIDER_THROTTLED,
@@ -40,6 +42,9 @@ _requests = METER.create_counter(
 )
 _tts_characters = METER.create_counter(
     TTS_CHARACTERS, unit="{character}", description="Characters sent to be spoken, by provider."
+)
+_stt_seconds = METER.create_counter(
+    STT_SECONDS, unit="s", description="Seconds of speech sent to a paid STT, by provider."
 )
 _llm_tokens = METER.create_counter(
     LLM_TOKENS, unit="{token}", description="Prompt and reply tokens, by provider."
@@ -76,6 +81,10 @@ def request_answered(status: int, code: str) -> None:
 
 def tts_characters(provider: str, count: int) -> None:
     _tts_characters.add(count, {"provider": provider})
+
+
+def stt_seconds(provider: str, seconds: float) -> None:
+    _stt_seconds.add(seconds, {"provider": provider})
 
 
 def llm_tokens(provider: str, count: int) -> None:

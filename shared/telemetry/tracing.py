@@ -33,6 +33,7 @@ ATTRIBUTES = {
     "audio_seconds": "talk.audio_seconds",
     "reply_chars": "talk.reply_chars",
     "tts_chars": "talk.tts_chars",
+    "stt_billed_seconds": "talk.stt_billed_seconds",
     "llm_tokens": "talk.llm_tokens",
     "cache_hit": "talk.cache_hit",
     "error_code": "talk.error_code",

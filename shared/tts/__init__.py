@@ -66,18 +66,31 @@ class SpeechSynthesizer(Protocol):
 
 
 def embedded_synthesizer(settings: Settings, language: str | None = None) -> SpeechSynthesizer:
-    """Piper, with the voice `PIPER_VOICES` has for `language`, else the default voice (a
-    language it does not speak is still spoken, never silence; the log says so)."""
+    """The offline voice for `language`: the shipped Piper voice where it speaks it; else
+    the Piper voice `PIPER_VOICES` names for it, or espeak-ng's, with the shipped voice
+    for what follows the offline notice (`shared.tts.embedded`). A language neither
+    speaks is read by the shipped voice, never silence; the log says so."""
+    from shared.tts import espeak
+    from shared.tts.embedded import EmbeddedSynthesizer
     from shared.tts.piper import PiperSynthesizer, load_piper
 
-    path = settings.piper_voice_map().get(language or "", settings.piper_voice_path)
-    synthesizer = PiperSynthesizer(load_piper(path), settings.mp3_bitrate_kbps)
-    if language and not synthesizer.speaks(language):
+    default = PiperSynthesizer(load_piper(settings.piper_voice_path), settings.mp3_bitrate_kbps)
+    if not language or default.speaks(language):
+        return default
+    path = settings.piper_voice_map().get(language)
+    if path:
+        speaker = PiperSynthesizer(load_piper(path), settings.mp3_bitrate_kbps)
+        if not speaker.speaks(language):
+            log.warning("PIPER_VOICES names a voice for %r that speaks another language", language)
+    elif espeak.speaks(language):
+        speaker = espeak.EspeakVoice(language)
+    else:
         log.warning(
             "No embedded voice speaks %r (set PIPER_VOICES): the default voice reads it",
             language,
         )
-    return synthesizer
+        return default
+    return EmbeddedSynthesizer(speaker, default, language, settings.mp3_bitrate_kbps)
 
 
 SLOT_WAIT_S, SLOT_WAIT_WITH_FALLBACK_S = 10.0, 1.0

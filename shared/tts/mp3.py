@@ -9,6 +9,7 @@ backwards, and the first frame of a fresh encoder needs nothing before it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,42 @@ class StreamEncoder:
         pcm = _samples(self._resampler.resample(None)) if self._resampler is not None else b""
         tail = bytes(self._lame.encode(pcm)) if pcm else b""
         return self._frames.feed(tail + bytes(self._lame.flush()))
+
+
+class PcmSession:
+    """One reply of an embedded voice through one MP3 encoder, a sentence at a time
+    (`speak`, `pcm_of` giving each sentence's mono 16-bit PCM at the encoder's source
+    rate): the pieces join as the whole reply encoded at once would (no encoder delay or
+    padding between sentences). No pause is added between sentences, as none is in a reply
+    spoken whole: the shipped Piper voice ends each sentence with about a quarter second of
+    silence and begins the next after a twentieth."""
+
+    billed = False
+
+    def __init__(self, name: str, encoder: StreamEncoder, pcm_of: Callable[[str], bytes]) -> None:
+        self.name = name
+        self.format = encoder.format
+        self._encoder = encoder
+        self._pcm_of = pcm_of
+        self._closed = False
+        self._finished = False
+
+    def speak(self, sentence: str) -> Iterator[bytes]:
+        if self._closed or self._finished or not sentence.strip():
+            return
+        pcm = self._pcm_of(sentence)
+        piece = b"" if self._closed else self._encoder.encode(pcm)
+        if piece:
+            yield piece
+
+    def finish(self) -> bytes:
+        if self._closed or self._finished:
+            return b""
+        self._finished = True
+        return self._encoder.flush()
+
+    def close(self) -> None:
+        self._closed = True
 
 
 def _samples(frames: list[av.AudioFrame]) -> bytes:
@@ -229,3 +266,18 @@ def lame_bitrate(sample_rate: int, channels: int, bitrate_kbps: int) -> int:
         if header and (header.sample_rate, header.channels) == (sample_rate, channels):
             return candidate
     raise ValueError(f"LAME cannot encode {target}")
+
+
+def resample(pcm: bytes, source_rate: int, target_rate: int) -> bytes:
+    """Mono 16-bit `pcm` at `source_rate`, at `target_rate`."""
+    if source_rate == target_rate or not pcm:
+        return pcm
+    import av
+    import numpy as np
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=target_rate)
+    frame = av.AudioFrame.from_ndarray(
+        np.frombuffer(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+    )
+    frame.sample_rate = source_rate
+    return _samples(resampler.resample(frame) + resampler.resample(None))

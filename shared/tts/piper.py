@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
 from shared.lazy import load_once
-from shared.tts.mp3 import AudioFormat, StreamEncoder, encode_mp3
+from shared.tts.mp3 import AudioFormat, PcmSession, StreamEncoder, encode_mp3
 
 if TYPE_CHECKING:
     from piper import PiperVoice, SynthesisConfig
@@ -88,12 +87,12 @@ class PiperSynthesizer:
 
     def open_session(
         self, *, voice: str | None, language: str | None = None, match: AudioFormat | None = None
-    ) -> PiperSession:
+    ) -> PcmSession:
         """`match`: the format of a stream another voice began, which this one continues
         (resampled to its rate, encoded at its bit rate where LAME keeps that rate)."""
         self._one_voice(voice)
         target = match or AudioFormat(self.sample_rate, 1, self._bitrate_kbps)
-        return PiperSession(self, StreamEncoder(target, self.sample_rate))
+        return PcmSession(self.name, StreamEncoder(target, self.sample_rate), self.synthesize_pcm)
 
     def _one_voice(self, voice: str | None) -> None:
         if voice:  # persona names select voices only on ElevenLabs
@@ -102,41 +101,6 @@ class PiperSynthesizer:
                 voice,
                 self._voice.config.espeak_voice,
             )
-
-
-class PiperSession:
-    """One reply through one MP3 encoder, a sentence at a time: the pieces join as the
-    whole reply encoded at once would (no encoder delay or padding between sentences).
-    No pause is added between sentences, as none is in a reply spoken whole: the shipped
-    voice ends each sentence with about a quarter second of silence and begins the next
-    after a twentieth."""
-
-    name = "piper"
-    billed = False
-
-    def __init__(self, synthesizer: PiperSynthesizer, encoder: StreamEncoder) -> None:
-        self.format = encoder.format
-        self._synthesizer = synthesizer
-        self._encoder = encoder
-        self._closed = False
-        self._finished = False
-
-    def speak(self, sentence: str) -> Iterator[bytes]:
-        if self._closed or self._finished or not sentence.strip():
-            return
-        pcm = self._synthesizer.synthesize_pcm(sentence)
-        piece = b"" if self._closed else self._encoder.encode(pcm)
-        if piece:
-            yield piece
-
-    def finish(self) -> bytes:
-        if self._closed or self._finished:
-            return b""
-        self._finished = True
-        return self._encoder.flush()
-
-    def close(self) -> None:
-        self._closed = True
 
 
 def bounded_pieces(phonemes: list[str], limit: int) -> list[list[str]]:
