@@ -114,6 +114,7 @@ def test_only_the_speech_is_sent_and_silence_not_at_all(settings, router) -> Non
         pytest.param([Reply.json(400, {"error": "Malformed soundfile"})], id="400"),
         pytest.param([Reply.json(200, {"generated": "no text field"})], id="no-text"),
         pytest.param([Reply(200, b"<html>gateway</html>")], id="not-json"),
+        pytest.param([Reply.json(200, {"text": "word " * 5000})], id="longer-than-speech"),
         pytest.param([Reply(drop=True)] * 3, id="connection-dropped"),
     ],
 )

@@ -25,6 +25,9 @@ from shared.http import ProviderHttp
 from shared.stt import Transcript
 from shared.stt.fasterwhisper import SAMPLE_RATE, FasterWhisperTranscriber, loops
 
+# Fast speech is about 15 characters a second; Whisper writes at most 448 tokens a window.
+MAX_CHARS_PER_SECOND = 40
+
 
 class HuggingFaceTranscriber:
     name = "huggingface"
@@ -47,6 +50,10 @@ class HuggingFaceTranscriber:
         }
         response = self._http.post_json(self.model, body)
         text = _text_of(response, self._http.provider)
+        if len(text) > MAX_CHARS_PER_SECOND * len(speech) / SAMPLE_RATE + 100:
+            # More than anyone says: not a transcript, and the question's limit would
+            # blame the user for it.
+            raise ProviderError(self._http.provider, "the transcript is longer than the speech")
         if loops(text):
             raise Unintelligible("the speech could not be made out; please say it again")
         return Transcript(
