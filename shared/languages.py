@@ -2,9 +2,9 @@
 model to a language it does not know.
 
 SmolLM2, the embedded model, reads and writes English only: given a Finnish question it
-copies Finnish-looking words until its token limit, whatever it is told, in whichever
-language (no English reply to 12 Finnish questions under six prompts, nor with Finnish
-letters and the question's words banned from its output). It is not asked: the reply is a
+repeats it and runs on in Finnish-looking words, whatever it is told and however (nine
+prompts tried on 12 questions: no answer in English; nor with Finnish letters and the
+question's words banned from its output; docs/languages.md). It is not asked: the reply is a
 fixed sentence in the user's language saying that the offline model understands only
 English, then the same in English. The voices recognise that sentence (`split_notice`)
 and speak it in the user's language, the rest in English.

@@ -224,6 +224,25 @@ def test_in_process_streaming_refuses_in_one_line(
     assert not (tmp_path / "reply.mp3").exists()
 
 
+def test_in_process_streaming_refuses_a_budgeted_remote_stt(tmp_path: Path) -> None:
+    """Nothing is counted in-process: a daily budget on the paid STT would not hold."""
+    done = run_cli(
+        "--text",
+        "Hi",
+        "--stream",
+        cwd=tmp_path,
+        STT_PROVIDER="huggingface",
+        STT_DAILY_SECONDS_BUDGET="60",
+        AzureWebJobsStorage="UseDevelopmentStorage=true",
+        HF_API_TOKEN="hf_test_token_0123456789abcdef",
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --stream without --url counts nothing against STT_DAILY_SECONDS_BUDGET: "
+        "use --url, or run without the budget"
+    )
+
+
 def test_server_sent_events_are_read_as_the_standard_has_them() -> None:
     lines = [
         b": a comment",

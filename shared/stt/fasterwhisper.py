@@ -11,7 +11,8 @@ usual 30 s path.
 The short window decodes with the guards faster-whisper's own `transcribe` applies: a
 transcript that compresses too well (it repeats itself) or that the model has little
 confidence in is decoded again at a higher temperature, and a window the model judges
-to hold no speech gives none. A transcript that still loops is refused as unintelligible
+to hold no speech gives none, once the full 30 s window, which that judgment is calibrated
+on, agrees. A transcript that still loops is refused as unintelligible
 rather than handed to the language model.
 
 The language is detected only among the languages the service expects (`LANGUAGES`): left

@@ -27,6 +27,10 @@ class PcmVoice(Protocol):
         """Mono signed 16-bit PCM at `sample_rate`."""
         ...
 
+    def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
+        """Everything besides the text that changes the audio."""
+        ...
+
 
 class EmbeddedSynthesizer:
     """`speaker` for `language`, `english` for what follows the offline notice."""
@@ -49,9 +53,9 @@ class EmbeddedSynthesizer:
     def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
         return {
             "provider": self.name,
-            "voice": getattr(self._speaker, "voice", self._language),
             "language": self._language,
-            "english": getattr(self._english, "identity", lambda *_: {})(None),
+            "speaker": self._speaker.identity(None, self._language),
+            "english": self._english.identity(None, "en"),
             "bitrate_kbps": self._bitrate_kbps,
         }
 

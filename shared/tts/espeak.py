@@ -100,3 +100,6 @@ class EspeakVoice:
     def synthesize_pcm(self, text: str) -> bytes:
         """Mono signed 16-bit PCM at `sample_rate`."""
         return speak(text, voice=self.voice)[0].tobytes()
+
+    def identity(self, voice: str | None, language: str | None = None) -> dict[str, object]:
+        return {"provider": self.name, "voice": self.voice, "sample_rate": self.sample_rate}
