@@ -204,14 +204,11 @@ class FasterWhisperTranscriber:
     def _transcribe_window(
         self, speech: np.ndarray, window_s: int, language: str | None, budget: CpuBudget
     ) -> tuple[str, str]:
-        encoded = None  # once, for detection and every decode
+        encoded = self._encode(speech, window_s)  # once, for detection and every decode
         first: _Attempt | None = None
         if self.multilingual and not language:
-            encoded = self._encode(speech, window_s)
             language, first = self._choose_language(encoded, len(speech) / SAMPLE_RATE)
         language = language or "en"
-        if encoded is None:
-            encoded = self._encode(speech, window_s)
         text = self._decode_with_fallback(encoded, language, budget, first)
         if text is None:
             # Whisper's no-speech judgment is calibrated on 30 s windows and runs high in a
