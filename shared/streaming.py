@@ -31,12 +31,11 @@ from shared.config import Settings
 from shared.errors import ProviderError, TalkError
 from shared.languages import offline_reply, split_notice
 from shared.llm import ReplyStream, get_generator
-from shared.llm.sentences import CLOSERS, TERMINATORS, SentenceSplitter, split_sentences
+from shared.llm.sentences import SentenceSplitter, ends_sentence, split_sentences
 from shared.llm.speech_text import clean_for_speech
 from shared.pipeline import (
     chat_messages,
     checked_question,
-    new_request_id,
     system_prompt_for,
     transcribe,
 )
@@ -54,7 +53,7 @@ from shared.tts import SpeechSession, SpeechSynthesizer, embedded_synthesizer, g
 
 log = logging.getLogger("talk")
 
-__all__ = ["Event", "StreamedTurn", "new_request_id"]
+__all__ = ["Event", "StreamedTurn"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,6 @@ class _Reply:
     said: list[str] = field(default_factory=list)  # the pieces said, as spoken
     mp3: list[bytes] = field(default_factory=list)
     seq: int = 0
-    complete: bool = False
 
 
 class StreamedTurn:
@@ -241,7 +239,6 @@ class StreamedTurn:
                         self._check_open()
                         for piece in _finished(splitter.flush(), reply):
                             yield from self._say(piece, reply, synthesizer, language)
-                    reply.complete = True
             finally:
                 tokens = self._reply_stream.tokens if self._reply_stream else 0
                 llm_tokens(generator.name, tokens)
@@ -293,7 +290,7 @@ class StreamedTurn:
         # Counted as `/talk` counts them, on what the model wrote: a line without a sentence
         # end (a list's item) runs on into the next sentence there, so it is not one of its
         # own here either, though it is spoken as one.
-        reply.sentences.extend(s for s in split_sentences(piece) if _ends_sentence(s))
+        reply.sentences.extend(s for s in split_sentences(piece) if ends_sentence(s))
         reply.said.append(text)
         reply.seq += 1
         yield Event("text", {"seq": reply.seq, "text": text})
@@ -468,13 +465,9 @@ def _client_error(error: TalkError) -> dict[str, Any]:
 def _finished(pieces: list[str], reply: _Reply) -> list[str]:
     """The reply's last pieces, less one the model left unfinished (its token limit) when
     something was said before it: `/talk` drops that sentence too."""
-    if pieces and (reply.said or len(pieces) > 1) and not _ends_sentence(pieces[-1]):
+    if pieces and (reply.said or len(pieces) > 1) and not ends_sentence(pieces[-1]):
         return pieces[:-1]
     return pieces
-
-
-def _ends_sentence(sentence: str) -> bool:
-    return sentence.rstrip(CLOSERS).endswith(tuple(TERMINATORS))
 
 
 def _ms(seconds: float) -> int:

@@ -202,8 +202,8 @@ async def _wait_and_answer(
         log.error("[%s] status unavailable: %s", rid, type(error).__name__)
         return error_response(503, "processing is unavailable, retry shortly", rid, "unavailable")
     answer.phases.mark("wait")
-    if status is None:  # a streamed turn this request joined
-        return await _answer_streamed(rid, answer, answer.started + wait_s)
+    if status is None:  # never started (its claim's owner gave up on it)
+        return await _answer_output(None, rid, answer)
     return await _answer(status, rid, answer)
 
 
@@ -239,9 +239,13 @@ async def talk_result(
         return refused(error, rid if _REQUEST_ID.match(rid) else None)
     # Whoever polls for a reply is waiting for it asynchronously already.
     answer = Answering(response_format, Preference(True))
-    if streamed is not None:
-        return await _answer_streamed(rid, answer, time.perf_counter())
-    return await _answer(status, rid, answer)
+    if streamed is None:
+        return await _answer(status, rid, answer)
+    if streamed.running:
+        return pending_response(rid)
+    return await _answer_output(
+        await asyncio.to_thread(turns.outcome, streamed, settings), rid, answer
+    )
 
 
 def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> bool:
@@ -259,13 +263,14 @@ def _owned_by(status: df.DurableOrchestrationStatus | None, caller: Caller) -> b
 async def _wait_for_completion(
     client: df.DurableOrchestrationClient, rid: str, deadline: float
 ) -> df.DurableOrchestrationStatus | None:
+    """The orchestration's status once it is done or at `deadline` (None: no instance).
+    A `/talk` request only ever waits for a `/talk` turn: the endpoint is part of what a
+    copy must match, so it never joins a streamed one."""
     fast_until = time.perf_counter() + FAST_POLL_WINDOW_S
     delay = POLL_S
     while True:
         status = await client.get_status(rid)
         exists = status is not None and status.runtime_status is not None
-        if not exists and await asyncio.to_thread(turns.find, rid, get_settings()):
-            return None  # a streamed turn
         now = time.perf_counter()
         # No instance yet: a retry that overtook this request may still be starting it.
         if (exists and status.runtime_status in _DONE) or now + delay > deadline:
@@ -290,21 +295,6 @@ async def _answer(
     )
     if not isinstance(output, dict):
         log.error("[%s] orchestration ended %s", rid, status.runtime_status)
-    return await _answer_output(output, rid, answer)
-
-
-async def _answer_streamed(rid: str, answer: Answering, deadline: float) -> func.HttpResponse:
-    """A turn `/talk/stream` runs: waited for like an orchestration, then its record."""
-    settings = get_settings()
-    delay = POLL_S
-    while (turn := await asyncio.to_thread(turns.find, rid, settings)) and turn.running:
-        if time.perf_counter() + delay > deadline:
-            if answer.preference.respond_async:
-                return pending_response(rid)
-            return reply_pending_response(rid)
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, MAX_POLL_S)
-    output = await asyncio.to_thread(turns.outcome, turn, settings) if turn else None
     return await _answer_output(output, rid, answer)
 
 

@@ -42,7 +42,7 @@ from shared.telemetry.metrics import request_answered
 bp = func.Blueprint()
 log = logging.getLogger("talk")
 
-SSE, MP3, JSON = "text/event-stream", "audio/mpeg", "application/json"
+SSE, MP3 = "text/event-stream", "audio/mpeg"
 _END = object()
 EVENTS_AHEAD = 8  # a sentence's text and a few audio pieces
 # A client that takes no event for this long has stopped reading: its turn stops.
@@ -111,9 +111,7 @@ async def _answer(req: Request, rid: str, arrived: float) -> Any:
 async def _answer_stream(req: Request, rid: str, arrived: float) -> Any:
     media = _preferred(req.headers.get("Accept"))
     if media is None:
-        return _error(
-            406, "Accept must allow text/event-stream or audio/mpeg", rid, "not_acceptable"
-        )
+        return _error(406, NOT_ACCEPTABLE, rid, "not_acceptable")
     try:
         accepted = await accept(
             _joined(req.headers), await req.body(), rid, streamed_status, endpoint="talk/stream"
@@ -138,7 +136,7 @@ async def _answer_stream(req: Request, rid: str, arrived: float) -> Any:
             _mp3(events, turn), media_type=MP3, headers=_mp3_headers(first.data)
         )
     return StreamingResponse(
-        _sse(first, events, turn),
+        _sse(first, events),
         media_type=SSE,
         headers={"X-Request-Id": rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -200,7 +198,7 @@ async def _pump(turn: StreamedTurn) -> AsyncIterator[Any]:
         turn.close()
 
 
-async def _sse(first: Event, events: AsyncIterator[Any], turn: StreamedTurn) -> AsyncIterator[str]:
+async def _sse(first: Event, events: AsyncIterator[Any]) -> AsyncIterator[str]:
     try:
         yield _sse_line(first)
         async for item in events:

@@ -21,6 +21,13 @@ TERMINATORS = ".!?…"
 # the right double and single quotation marks, \u2018 the left single, \u201a the low single;
 # \u2013 is the en dash.)
 CLOSERS = "\"'\u201d\u2019»)]}*_`"
+
+
+def ends_sentence(sentence: str) -> bool:
+    """Whether `sentence` ends as a sentence does (its closing quotes or brackets aside)."""
+    return sentence.rstrip(CLOSERS).endswith(tuple(TERMINATORS))
+
+
 _OPENERS = "\"'“\u201d\u2018\u2019«»„\u201a([{*_`"
 CLAUSE_ENDS = (",", ";", ":", "—", "\u2013")
 _DASHES = frozenset({"-", "--", "—", "\u2013"})

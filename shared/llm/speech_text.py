@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from shared.llm.sentences import CLAUSE_ENDS, CLOSERS, TERMINATORS, split_sentences
+from shared.llm.sentences import CLAUSE_ENDS, ends_sentence, split_sentences
 
 _CODE_BLOCK = re.compile(r"```.*?(```|$)", re.DOTALL)
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
@@ -43,17 +43,13 @@ def _cut_at_sentence_end(text: str, max_sentences: int) -> str:
     sentences = split_sentences(text)
     if not sentences:
         return ""
-    if len(sentences) > 1 and not _is_complete(sentences[-1]):
+    if len(sentences) > 1 and not ends_sentence(sentences[-1]):
         sentences.pop()  # the model stopped mid-sentence at its token limit
     kept = sentences[:max_sentences]
     last = kept[-1]
-    if not _is_complete(last):
+    if not ends_sentence(last):
         clause_ends = [i for i, ch in enumerate(last) if ch in CLAUSE_ENDS]
         if clause_ends and clause_ends[-1] > len(last) // 3:
             last = last[: clause_ends[-1]]
         kept[-1] = last.rstrip() + "."
     return " ".join(kept)
-
-
-def _is_complete(sentence: str) -> bool:
-    return sentence.rstrip(CLOSERS).endswith(tuple(TERMINATORS))
