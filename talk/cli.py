@@ -33,7 +33,14 @@ from shared.streaming import StreamedTurn
 from shared.telemetry.setup import configure_in_memory
 from shared.telemetry.tree import span_tree
 from shared.tts import get_synthesizer
-from talk.remote import StreamEvent, StreamFailed, StreamResult, ask_backend, stream_backend
+from talk.remote import (
+    StreamEvent,
+    StreamFailed,
+    StreamResult,
+    ask_backend,
+    follow,
+    stream_backend,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -308,17 +315,10 @@ def _stream(
     }
     started = time.perf_counter()
     turn = StreamedTurn(job, settings=settings, audio=request.audio, recorded=False)
-    first_audio_ms: int | None = None
     with telemetry.traced("talk", kind=SpanKind.SERVER):
-        for event in turn.events():  # a failure before the first event is raised as is
-            if event.name == "error":
-                raise StreamFailed(event.data["code"], event.data["error"])
-            if event.name == "audio" and first_audio_ms is None:
-                first_audio_ms = _ms_since(started)
-            on_event(StreamEvent(event.name, event.data))
-            if event.name == "done":
-                return StreamResult(event.data, first_audio_ms, _ms_since(started))
-    raise StreamFailed("internal", "the reply ended without its end")
+        # A failure before the first event is raised as is.
+        events = (StreamEvent(event.name, event.data) for event in turn.events())
+        return follow(events, started, on_event)
 
 
 def _refuse_budget(applies: object, budget: str) -> None:
@@ -344,7 +344,3 @@ def _streamed_text(streamed: StreamResult, out: Path) -> str:
         _wrote(out, streamed.done.get("audio_bytes", 0)),
     ]
     return "\n".join(lines)
-
-
-def _ms_since(started: float) -> int:
-    return round((time.perf_counter() - started) * 1000)

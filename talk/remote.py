@@ -136,7 +136,9 @@ def stream_backend(
         if not response.headers.get("Content-Type", "").startswith(SSE):
             raise BackendError(f"Backend error: the answer is not {SSE}")
         try:
-            return _follow(response, started, on_event)
+            streamed = follow(server_sent_events(response.iter_lines()), started, on_event)
+            log.info("MP3 bytes=%s", streamed.done.get("audio_bytes"))
+            return streamed
         except requests.RequestException as error:
             log.debug("The stream from %s broke: %s", base, type(error).__name__)
             raise StreamFailed(
@@ -146,20 +148,23 @@ def stream_backend(
             raise StreamFailed("bad_event", "the backend sent an event that is not JSON") from None
 
 
-def _follow(
-    response: requests.Response, started: float, on_event: Callable[[StreamEvent], None] | None
+def follow(
+    events: Iterable[StreamEvent],
+    started: float,
+    on_event: Callable[[StreamEvent], None] | None,
 ) -> StreamResult:
+    """A streamed turn's events (a backend's, or one run in-process) handed on as they
+    come, timed from `started`: the `done` event's result, or StreamFailed."""
     first_audio_ms: int | None = None
-    for event in server_sent_events(response.iter_lines()):
+    for event in events:
         if event.name == "error":
             raise _stream_error(event.data)
         if event.name == "audio" and first_audio_ms is None:
-            first_audio_ms = _ms_since(started)
+            first_audio_ms = ms_since(started)
         if on_event is not None:
             on_event(event)
         if event.name == "done":
-            log.info("MP3 bytes=%s", event.data.get("audio_bytes"))
-            return StreamResult(event.data, first_audio_ms, _ms_since(started))
+            return StreamResult(event.data, first_audio_ms, ms_since(started))
     raise StreamFailed("incomplete", "the stream ended before the reply did")
 
 
@@ -266,5 +271,5 @@ def _result(body: dict[str, Any]) -> TalkResult:
     )
 
 
-def _ms_since(started: float) -> int:
+def ms_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
